@@ -1,0 +1,164 @@
+"""The contract every stage shares: gradient history → observation, action → update.
+
+The environment, the Keras optimizer and the exported SavedModel all call these functions, so
+what the agent was trained on is exactly what it runs on (no train/serve skew). Everything is
+TensorFlow, elementwise, and works on tensors of any shape.
+
+Per coordinate the optimizer keeps S = 3 float32 numbers (a fresh coordinate's are zeros):
+
+  m       exponential average of the gradient (β1), as in Adam;
+  v       exponential average of the squared gradient (β2), as in Adam;
+  log_lr  the coordinate's log step size relative to `learning_rate`, moved by the policy.
+
+One step, given the gradient g:
+
+  1. m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²   (a fresh coordinate starts at m = g, v = g²,
+     which makes Adam's bias correction unnecessary);
+  2. observation = scale-free features of the gradient history (`observation`);
+  3. action a ∈ [−1, 1] = policy(observation);
+  4. log_lr ← clip(log_lr + log_lr_step·a, log_lr_min, log_lr_max);
+  5. update = −learning_rate·exp(log_lr)·clip(m/√v, ±clip).
+
+So the zero action is Adam with a fixed step size, and the policy learns to correct each
+coordinate's step size from what its gradient history shows (agreement of the gradient with the
+momentum, normalised gradient magnitudes): a learned, coordinatewise version of the sign-based
+step-size rules of Rprop (Riedmiller & Braun 1993), on an Adam direction (Kingma & Ba 2015),
+with the log/normalised preprocessing of Andrychowicz et al. (2016).
+
+The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import tensorflow as tf
+
+STATE_SIZE = 3
+"""S: float32 numbers of optimizer state per coordinate (m, v, log_lr)."""
+
+OBSERVATION_SIZE = 4
+"""F: features per coordinate that the policy sees."""
+
+FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "log_lr")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Constants of the feature/update rule; a policy is only valid with the ones it was trained on."""
+
+    beta1: float = 0.9
+    """Decay of the gradient average m."""
+    beta2: float = 0.999
+    """Decay of the squared-gradient average v."""
+    learning_rate: float = 0.01
+    """Step size at log_lr = 0 (what the zero action does)."""
+    log_lr_step: float = 0.3
+    """How far one action of ±1 moves log_lr."""
+    log_lr_min: float = -9.0
+    """Lower bound of log_lr."""
+    log_lr_max: float = 4.0
+    """Upper bound of log_lr."""
+    clip: float = 5.0
+    """Bound on the normalised direction m/√v and on each observation feature."""
+    epsilon: float = 1e-12
+    """Added to √v so a coordinate with zero gradients takes zero steps."""
+
+    def __post_init__(self):
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("learning_rate", "log_lr_step", "clip", "epsilon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
+        if not self.log_lr_min <= 0.0 <= self.log_lr_max:
+            raise ValueError("features.log_lr_min <= 0 <= features.log_lr_max must hold, got "
+                             f"{self.log_lr_min}, {self.log_lr_max}")
+
+    @property
+    def max_update(self) -> float:
+        """The largest |update| any coordinate can take in one step."""
+        import math
+
+        return self.learning_rate * math.exp(self.log_lr_max) * self.clip
+
+
+class State(NamedTuple):
+    """Per-coordinate optimizer state; each field has the parameter's shape."""
+
+    m: tf.Tensor
+    v: tf.Tensor
+    log_lr: tf.Tensor
+
+
+def init_state(shape, dtype=tf.float32) -> State:
+    """A fresh coordinate's state: zeros."""
+    return State(*(tf.zeros(shape, dtype) for _ in range(STATE_SIZE)))
+
+
+def pack(state: State) -> tf.Tensor:
+    """State → tensor [..., S] (the serving layout)."""
+    return tf.stack(list(state), axis=-1)
+
+
+def unpack(state: tf.Tensor) -> State:
+    """Tensor [..., S] → State."""
+    return State(*tf.unstack(state, num=STATE_SIZE, axis=-1))
+
+
+def _moments(gradient, state: State, config: FeatureConfig):
+    fresh = tf.equal(state.v, 0.0)
+    m = tf.where(fresh, gradient, config.beta1 * state.m + (1.0 - config.beta1) * gradient)
+    v = tf.where(fresh, tf.square(gradient),
+                 config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient))
+    return m, v
+
+
+def _features(gradient, state: State, m, v, config: FeatureConfig) -> tf.Tensor:
+    c = config.clip
+    rms = tf.sqrt(v) + config.epsilon
+    features = tf.stack([
+        tf.clip_by_value(gradient / rms, -c, c),
+        tf.clip_by_value(m / rms, -c, c),
+        # > 0 while the gradient keeps the direction it had, < 0 when it oscillates.
+        tf.clip_by_value(gradient * state.m / tf.square(rms), -c, c),
+        state.log_lr / max(-config.log_lr_min, config.log_lr_max),
+    ], axis=-1)
+    # A non-finite gradient is skipped by `_apply`; its observation must still be a number.
+    return tf.where(tf.math.is_finite(features), features, tf.zeros_like(features))
+
+
+def observation(gradient: tf.Tensor, state: State, config: FeatureConfig) -> tf.Tensor:
+    """Features [..., F] of the gradient history, for each coordinate of `gradient`."""
+    m, v = _moments(gradient, state, config)
+    return _features(gradient, state, m, v, config)
+
+
+def _apply(action, gradient, state: State, m, v, config: FeatureConfig):
+    log_lr = tf.clip_by_value(state.log_lr + config.log_lr_step * action,
+                              config.log_lr_min, config.log_lr_max)
+    direction = tf.clip_by_value(m / (tf.sqrt(v) + config.epsilon), -config.clip, config.clip)
+    update = -config.learning_rate * tf.exp(log_lr) * direction
+    new_state = State(m, v, log_lr)
+    # A non-finite gradient leaves its coordinate where it was, state included.
+    finite = tf.math.is_finite(gradient)
+    update = tf.where(finite, update, tf.zeros_like(update))
+    new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))
+    return update, new_state
+
+
+def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State,
+                 config: FeatureConfig) -> tuple[tf.Tensor, State]:
+    """(update, new_state) for a given action ∈ [−1, 1] of each coordinate."""
+    m, v = _moments(gradient, state, config)
+    return _apply(action, gradient, state, m, v, config)
+
+
+def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: State,
+         config: FeatureConfig) -> tuple[tf.Tensor, State]:
+    """One full optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
+    m, v = _moments(gradient, state, config)
+    action = actor(_features(gradient, state, m, v, config))
+    return _apply(action, gradient, state, m, v, config)

@@ -1,0 +1,29 @@
+"""Objective families with known global minima: the problems optimizers are trained and judged on.
+
+    family = get_family("quadratic", dim=20, condition=1e3)
+    objective = family.sample(seeds("test", 1)[0])
+    f, g = objective.value_and_grad(objective.initial_point())
+"""
+
+from rl_optimizer.objectives import quadratic  # noqa: F401  (registers its family)
+from rl_optimizer.objectives.base import (
+    SPLITS,
+    Objective,
+    ObjectiveBatch,
+    ObjectiveFamily,
+    get_family,
+    list_families,
+    reference_minimum,
+    seeds,
+)
+
+__all__ = [
+    "SPLITS",
+    "Objective",
+    "ObjectiveBatch",
+    "ObjectiveFamily",
+    "get_family",
+    "list_families",
+    "reference_minimum",
+    "seeds",
+]

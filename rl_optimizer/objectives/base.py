@@ -1,0 +1,225 @@
+"""The objective protocol: families that sample problems with known global minima.
+
+An `ObjectiveFamily` is a frozen dataclass of parameters whose `sample(seed)` builds an
+`Objective` deterministically (learned_optimization's `TaskFamily.sample`). Every objective is
+written once, as a TensorFlow loss over a stack of instances,
+
+    loss_fn(params, x) -> f      params: {name: [n, ...]}, x: [n, dim], f: [n]
+
+and everything else is derived from that one formula: the float64 `value_and_grad` used by the
+reference solver and SciPy baselines, and `ObjectiveBatch`, which evaluates many instances (of
+several families) at once for the environment and the evaluation sweep.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+LossFn = Callable[[Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]
+
+# Disjoint seed ranges: training never sees a validation or test instance, and baselines are
+# tuned on validation instances only.
+SPLITS: Mapping[str, range] = {
+    "train": range(0, 1_000_000),
+    "validation": range(1_000_000, 1_100_000),
+    "test": range(1_100_000, 1_200_000),
+}
+
+_REGISTRY: dict[str, type[ObjectiveFamily]] = {}
+
+
+def seeds(split: str, n: int) -> list[int]:
+    """The first `n` seeds of a split ("train", "validation" or "test")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    if not 0 <= n <= len(SPLITS[split]):
+        raise ValueError(f"n={n} must be in [0, {len(SPLITS[split])}] for split {split!r}")
+    return list(SPLITS[split][:n])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective:
+    """One problem instance: a loss with a known global minimum value.
+
+    Attributes:
+      family: name of the family that sampled it.
+      loss_fn: the family's TensorFlow loss, `loss_fn(params, x) -> f` over stacked instances.
+      params: this instance's data (float64 arrays, no instance axis).
+      x0: the starting point every optimizer uses.
+      f_star: the global minimum value (for nonconvex learned models: the best value found).
+      x_star: a minimizer, or None where only the value is known.
+    """
+
+    family: str
+    loss_fn: LossFn
+    params: Mapping[str, np.ndarray]
+    x0: np.ndarray
+    f_star: float
+    x_star: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.x0.shape[0])
+
+    def initial_point(self) -> np.ndarray:
+        return self.x0.copy()
+
+    @functools.cached_property
+    def _tf_params(self) -> dict[str, tf.Tensor]:
+        return {k: tf.constant(np.asarray(v, np.float64)[None]) for k, v in self.params.items()}
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """f(x) and its gradient in float64."""
+        x = np.asarray(x, np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"x has shape {x.shape}, expected ({self.dim},) for {self.family}")
+        f, g = compiled_value_and_grad(self.loss_fn)(self._tf_params, tf.constant(x[None]))
+        return float(f[0]), g.numpy()[0]
+
+    def value(self, x: np.ndarray) -> float:
+        return self.value_and_grad(x)[0]
+
+    def normalized_gap(self, f: np.ndarray | float) -> np.ndarray:
+        """(f - f*) / (f(x0) - f*): 1 at the start, 0 at the global minimum."""
+        return (np.asarray(f) - self.f_star) / (self.value(self.x0) - self.f_star)
+
+
+@functools.cache
+def compiled_value_and_grad(loss_fn: LossFn) -> Callable:
+    """One compiled (f, df/dx) per loss; traces once per dtype and shape."""
+
+    @tf.function(reduce_retracing=True)
+    def value_and_grad(params, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            f = loss_fn(params, x)
+        # Instances are independent, so the gradient of the sum is each instance's gradient.
+        return f, tape.gradient(f, x)
+
+    return value_and_grad
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveFamily(abc.ABC):
+    """A distribution over objectives; subclasses are frozen dataclasses of their parameters."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def sample(self, seed: int) -> Objective:
+        """The objective for `seed`; the same seed always gives the same objective."""
+
+    @staticmethod
+    def check(condition: bool, param: str, message: str) -> None:
+        """Raises ValueError naming `param` when `condition` is false."""
+        if not condition:
+            raise ValueError(f"invalid parameter {param!r}: {message}")
+
+
+def register(cls: type[ObjectiveFamily]) -> type[ObjectiveFamily]:
+    """Class decorator adding a family to `list_families()` / `get_family()`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_families() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_family(name: str, **params) -> ObjectiveFamily:
+    """The family `name` with `params` overriding its defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown objective family {name!r}; available: {list_families()}")
+    cls = _REGISTRY[name]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for family {name!r}; allowed: {allowed}")
+    return cls(**params)
+
+
+def reference_minimum(
+    value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    starts: Sequence[np.ndarray],
+    gtol: float = 1e-10,
+) -> tuple[float, np.ndarray]:
+    """The best L-BFGS minimum over several starts, run to gradient norm `gtol`.
+
+    This is how Li & Malik's learning families get their `f_star`: exact for the convex ones,
+    and the best value found (a documented upper bound on the true minimum) for the MLP.
+    """
+    best = None
+    for x in starts:
+        res = scipy.optimize.minimize(
+            value_and_grad, np.asarray(x, np.float64), jac=True, method="L-BFGS-B",
+            options={"gtol": gtol, "ftol": 0.0, "maxiter": 20_000, "maxcor": 30},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    return float(best.fun), np.asarray(best.x)
+
+
+class ObjectiveBatch:
+    """Many objectives as one flat coordinate vector, evaluated with one call per group.
+
+    Instances of the same family with equal parameter shapes are stacked into one group, so a
+    step over hundreds of instances costs a handful of compiled TensorFlow calls. Coordinates
+    are laid out instance after instance, in the order given (`offsets[i]:offsets[i + 1]`).
+    """
+
+    def __init__(self, objectives: Sequence[Objective], dtype: tf.DType = tf.float64):
+        if not objectives:
+            raise ValueError("ObjectiveBatch needs at least one objective")
+        self.objectives = list(objectives)
+        self.dtype = dtype
+        dims = np.array([o.dim for o in self.objectives])
+        self.offsets = np.concatenate([[0], np.cumsum(dims)])
+        self.size = int(self.offsets[-1])
+        # Which instance each coordinate belongs to: the per-coordinate reward's lookup table.
+        self.instance_of_coordinate = np.repeat(np.arange(len(dims)), dims)
+        self.f_star = np.array([o.f_star for o in self.objectives])
+        self._groups = self._make_groups(dtype)
+        self.f0 = self.value_and_grad(self.initial_point())[0]
+
+    def _make_groups(self, dtype):
+        by_key: dict = {}
+        for i, o in enumerate(self.objectives):
+            shapes = tuple(sorted((k, np.shape(v)) for k, v in o.params.items()))
+            by_key.setdefault((o.loss_fn, o.dim, shapes), []).append(i)
+        groups = []
+        for (loss_fn, dim, _), members in by_key.items():
+            params = {k: tf.constant(np.stack([self.objectives[i].params[k] for i in members]),
+                                     dtype) for k in self.objectives[members[0]].params}
+            coords = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1])
+                                     for i in members])
+            groups.append((compiled_value_and_grad(loss_fn), params, np.array(members),
+                           coords, dim))
+        return groups
+
+    def initial_point(self) -> np.ndarray:
+        return np.concatenate([o.x0 for o in self.objectives])
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values [n_objectives] and the flat gradient [size] at the flat point `x`."""
+        x = np.asarray(x)
+        if x.shape != (self.size,):
+            raise ValueError(f"x has shape {x.shape}, expected ({self.size},)")
+        values = np.empty(len(self.objectives))
+        grad = np.empty(self.size)
+        for fn, params, members, coords, dim in self._groups:
+            f, g = fn(params, tf.constant(x[coords].reshape(-1, dim), self.dtype))
+            values[members] = f.numpy()
+            grad[coords] = g.numpy().reshape(-1)
+        return values, grad
+
+    def normalized_gap(self, values: np.ndarray) -> np.ndarray:
+        """(f - f*) / (f(x0) - f*) per instance."""
+        return (values - self.f_star) / (self.f0 - self.f_star)
