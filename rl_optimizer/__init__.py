@@ -1,0 +1,15 @@
+"""rl_optimizer: a reinforcement-learning agent (TF-Agents DDPG) that learns an optimizer.
+
+Public API; everything not listed in `__all__` may change.
+"""
+
+import os as _os
+
+# TensorFlow's C++ start-up banner is noise for library users; real warnings still show.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from rl_optimizer import features, objectives  # noqa: E402
+from rl_optimizer.export import export_policy  # noqa: E402
+from rl_optimizer.policy import LearnedPolicy, load_policy  # noqa: E402
+
+__all__ = ["LearnedPolicy", "export_policy", "features", "load_policy", "objectives"]

@@ -1,0 +1,47 @@
+"""`rl-optimizer`: the command line. Each subcommand lives beside the stage it runs.
+
+A stage module offers `add_arguments(parser)` and `run_command(args) -> int`; this file only
+registers them, so `rl-optimizer --help` lists exactly what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "export": ("rl_optimizer.export", "export a policy as a TF Serving model version"),
+}
+
+
+def _quiet_tensorflow() -> None:
+    # The C++ start-up banner is already off (rl_optimizer/__init__.py sets TF_CPP_MIN_LOG_LEVEL
+    # before TensorFlow loads); Python-side INFO chatter goes too, warnings stay.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rl-optimizer", description="A reinforcement-learning agent that learns an optimizer.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args._module).run_command(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rl-optimizer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Export a `LearnedPolicy` as a versioned SavedModel in TF Serving's layout.
+
+    <model_dir>/<name>/<version>/saved_model.pb, variables/, assets.extra/policy.json
+
+Signatures (names are the constants below; the README documents them):
+
+  serving_default  one optimizer step for a flat block of N coordinates:
+                   gradient float32[N], state float32[N, S] → update float32[N], state float32[N, S]
+                   The caller applies param ← param + update and keeps the returned state; a fresh
+                   coordinate's state is zeros. S is the second dimension of `state`.
+  action           TF-Agents' policy signature (a `TimeStep` in, the action out): step_type int32[N],
+                   reward, discount float32[N], observation float32[N, F] → action float32[N].
+
+Only stock TensorFlow ops: stock TF Serving serves it, no Python at serving time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from rl_optimizer import features
+from rl_optimizer.policy import DEFAULT_MODEL_NAME, MANIFEST, LearnedPolicy
+
+STEP_SIGNATURE = "serving_default"
+ACTION_SIGNATURE = "action"
+GRADIENT = "gradient"
+STATE = "state"
+UPDATE = "update"
+OBSERVATION = "observation"
+ACTION = "action"
+TIME_STEP_INPUTS = ("step_type", "reward", "discount")
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, policy: LearnedPolicy):
+        super().__init__()
+        self.policy = policy
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.float32, name=GRADIENT),
+        tf.TensorSpec([None, features.STATE_SIZE], tf.float32, name=STATE)])
+    def step(self, gradient, state):
+        tf.debugging.assert_equal(
+            tf.shape(gradient)[0], tf.shape(state)[0],
+            message="gradient[N] and state[N, S] must have the same number of coordinates N")
+        update, new_state = self.policy.step(gradient, features.unpack(state))
+        return {UPDATE: update, STATE: features.pack(new_state)}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.int32, name=TIME_STEP_INPUTS[0]),
+        tf.TensorSpec([None], tf.float32, name=TIME_STEP_INPUTS[1]),
+        tf.TensorSpec([None], tf.float32, name=TIME_STEP_INPUTS[2]),
+        tf.TensorSpec([None, features.OBSERVATION_SIZE], tf.float32, name=OBSERVATION)])
+    def action(self, step_type, reward, discount, observation):
+        del step_type, reward, discount  # a feed-forward policy needs only the observation
+        return {ACTION: self.policy.actor(observation)}
+
+
+def next_version(model_path: str) -> int:
+    """One more than the highest integer version under `model_path` (1 for a new model)."""
+    if not os.path.isdir(model_path):
+        return 1
+    return max([int(d) for d in os.listdir(model_path) if d.isdigit()], default=0) + 1
+
+
+def export_policy(policy: LearnedPolicy, model_dir: str, name: str = DEFAULT_MODEL_NAME,
+                  version: int | None = None) -> str:
+    """Writes `policy` as `<model_dir>/<name>/<version>/` and returns that path.
+
+    The version is written into a temporary directory beside it and renamed into place, so a
+    server polling `model_dir` never sees half a version. Without `version`, the next integer.
+    """
+    model_path = os.path.join(model_dir, name)
+    os.makedirs(model_path, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_path)
+    try:
+        module = _ServingModule(policy)
+        tf.saved_model.save(module, tmp, signatures={
+            STEP_SIGNATURE: module.step.get_concrete_function(),
+            ACTION_SIGNATURE: module.action.get_concrete_function()})
+        os.makedirs(os.path.join(tmp, "assets.extra"))
+        with open(os.path.join(tmp, "assets.extra", MANIFEST), "w") as f:
+            json.dump(policy.manifest(), f, indent=2, sort_keys=True)
+        while True:
+            target = os.path.join(model_path, str(version or next_version(model_path)))
+            try:
+                os.rename(tmp, target)
+                return target
+            except OSError:
+                if version is not None or not os.path.exists(target):
+                    raise
+                # Another exporter took that version first: take the next one.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--policy", default="default",
+                        help="'default' (the shipped policy), a run directory or an exported policy")
+    parser.add_argument("--model-dir", required=True, help="TF Serving model base directory")
+    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name (subdirectory)")
+
+
+def run_command(args) -> int:
+    from rl_optimizer.policy import load_policy
+
+    path = export_policy(load_policy(args.policy), args.model_dir, args.name)
+    print(f"exported {args.policy} to {path}")
+    return 0
