@@ -8,8 +8,9 @@ Signatures (names are the constants below; the README documents them):
                    gradient float32[N], state float32[N, S] → update float32[N], state float32[N, S]
                    The caller applies param ← param + update and keeps the returned state; a fresh
                    coordinate's state is zeros. S is the second dimension of `state`.
-  action           TF-Agents' policy signature (a `TimeStep` in, the action out): step_type int32[N],
-                   reward, discount float32[N], observation float32[N, F] → action float32[N].
+  action           TF-Agents' policy signature (a `TimeStep` in, the action out):
+                   step_type int32[N], reward, discount float32[N], observation float32[N, F]
+                   → action float32[N].
 
 Only stock TensorFlow ops: stock TF Serving serves it, no Python at serving time.
 """
@@ -101,7 +102,7 @@ def export_policy(policy: LearnedPolicy, model_dir: str, name: str = DEFAULT_MOD
 
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", default="default",
-                        help="'default' (the shipped policy), a run directory or an exported policy")
+                        help="'default' (the shipped policy), a run directory or an export")
     parser.add_argument("--model-dir", required=True, help="TF Serving model base directory")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name (subdirectory)")
 

@@ -47,7 +47,7 @@ FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "log
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """Constants of the feature/update rule; a policy is only valid with the ones it was trained on."""
+    """Constants of the feature and update rule; a policy is valid only with its own."""
 
     beta1: float = 0.9
     """Decay of the gradient average m."""
@@ -158,7 +158,7 @@ def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State,
 
 def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: State,
          config: FeatureConfig) -> tuple[tf.Tensor, State]:
-    """One full optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
+    """One optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
     m, v = _moments(gradient, state, config)
     action = actor(_features(gradient, state, m, v, config))
     return _apply(action, gradient, state, m, v, config)

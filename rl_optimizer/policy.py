@@ -57,7 +57,8 @@ class LearnedPolicy(tf.Module):
         """A randomly initialised actor (Glorot uniform, zero biases); for tests and baselines."""
         rng = np.random.default_rng(seed)
         sizes = [features.OBSERVATION_SIZE, *hidden, 1]
-        kernels = [rng.uniform(-1, 1, (a, b)) * np.sqrt(6 / (a + b)) for a, b in zip(sizes, sizes[1:])]
+        kernels = [rng.uniform(-1, 1, (a, b)) * np.sqrt(6 / (a + b))
+                   for a, b in zip(sizes, sizes[1:])]
         return cls(kernels, [np.zeros(b) for b in sizes[1:]], **kwargs)
 
     @property
@@ -154,6 +155,7 @@ def load_policy(policy: str | LearnedPolicy = "default") -> LearnedPolicy:
     def var(kind, i):
         return reader.get_tensor(f"policy/{kind}/{i}/.ATTRIBUTES/VARIABLE_VALUE")
 
-    return LearnedPolicy([var("kernels", i) for i in range(n)], [var("biases", i) for i in range(n)],
+    return LearnedPolicy([var("kernels", i) for i in range(n)],
+                         [var("biases", i) for i in range(n)],
                          features.FeatureConfig(**manifest["feature_config"]),
                          metadata=manifest.get("metadata"))
