@@ -5,8 +5,10 @@ Public API; everything not listed in `__all__` may change.
 
 import os as _os
 
-# TensorFlow's C++ start-up banner is noise for library users; real warnings still show.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (oneDNN banner, CUDA plugin registration on CPU machines) are
+# noise; Python warnings and TensorFlow's errors (raised as exceptions) still come through. Set
+# TF_CPP_MIN_LOG_LEVEL yourself to see them.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from rl_optimizer import features, objectives  # noqa: E402
 from rl_optimizer.export import export_policy  # noqa: E402

@@ -168,11 +168,13 @@ def reference_minimum(
 
 
 class ObjectiveBatch:
-    """Many objectives as one flat coordinate vector, evaluated with one call per group.
+    """Many objectives as one flat coordinate vector, evaluated in one compiled call.
 
     Instances of the same family with equal parameter shapes are stacked into one group, so a
-    step over hundreds of instances costs a handful of compiled TensorFlow calls. Coordinates
-    are laid out instance after instance, in the order given (`offsets[i]:offsets[i + 1]`).
+    step over hundreds of instances is one TensorFlow call running a handful of batched losses.
+    Batches with the same structure (families, dims, group sizes) share one traced function, so
+    a new episode's batch costs no retracing. Coordinates are laid out instance after instance,
+    in the order given (`offsets[i]:offsets[i + 1]`).
     """
 
     def __init__(self, objectives: Sequence[Objective], dtype: tf.DType = tf.float64):
@@ -186,7 +188,8 @@ class ObjectiveBatch:
         # Which instance each coordinate belongs to: the per-coordinate reward's lookup table.
         self.instance_of_coordinate = np.repeat(np.arange(len(dims)), dims)
         self.f_star = np.array([o.f_star for o in self.objectives])
-        self._groups = self._make_groups(dtype)
+        self._structure, self._args = self._make_groups(dtype)
+        self._fn = _batch_value_and_grad(self._structure)
         self.f0 = self.value_and_grad(self.initial_point())[0]
 
     def _make_groups(self, dtype):
@@ -194,32 +197,50 @@ class ObjectiveBatch:
         for i, o in enumerate(self.objectives):
             shapes = tuple(sorted((k, np.shape(v)) for k, v in o.params.items()))
             by_key.setdefault((o.loss_fn, o.dim, shapes), []).append(i)
-        groups = []
-        for (loss_fn, dim, _), members in by_key.items():
-            params = {k: tf.constant(np.stack([self.objectives[i].params[k] for i in members]),
-                                     dtype) for k in self.objectives[members[0]].params}
-            coords = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1])
-                                     for i in members])
-            groups.append((compiled_value_and_grad(loss_fn), params, np.array(members),
-                           coords, dim))
-        return groups
+        structure, params, members, coords = [], [], [], []
+        for (loss_fn, dim, _), group in by_key.items():
+            structure.append((loss_fn, dim, len(group)))
+            params.append({k: tf.constant(np.stack([self.objectives[i].params[k] for i in group]),
+                                          dtype) for k in self.objectives[group[0]].params})
+            members.append(tf.constant(group, tf.int32))
+            coords.append(tf.constant(np.concatenate(
+                [np.arange(self.offsets[i], self.offsets[i + 1]) for i in group]), tf.int32))
+        return tuple(structure), (params, members, coords)
 
     def initial_point(self) -> np.ndarray:
         return np.concatenate([o.x0 for o in self.objectives])
+
+    def tf_value_and_grad(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Values [n_objectives] and flat gradient [size] as tensors; usable inside tf.function."""
+        return self._fn(*self._args, tf.cast(x, self.dtype))
 
     def value_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values [n_objectives] and the flat gradient [size] at the flat point `x`."""
         x = np.asarray(x)
         if x.shape != (self.size,):
             raise ValueError(f"x has shape {x.shape}, expected ({self.size},)")
-        values = np.empty(len(self.objectives))
-        grad = np.empty(self.size)
-        for fn, params, members, coords, dim in self._groups:
-            f, g = fn(params, tf.constant(x[coords].reshape(-1, dim), self.dtype))
-            values[members] = f.numpy()
-            grad[coords] = g.numpy().reshape(-1)
-        return values, grad
+        f, g = self.tf_value_and_grad(tf.constant(x, self.dtype))
+        return f.numpy(), g.numpy()
 
     def normalized_gap(self, values: np.ndarray) -> np.ndarray:
         """(f - f*) / (f(x0) - f*) per instance."""
         return (values - self.f_star) / (self.f0 - self.f_star)
+
+
+@functools.cache
+def _batch_value_and_grad(structure: tuple) -> Callable:
+    """One compiled function per batch structure ((loss_fn, dim, n_instances) per group)."""
+
+    @tf.function(reduce_retracing=True)
+    def value_and_grad(params, members, coords, x):
+        values, grads = [], []
+        for (loss_fn, dim, _), p, c in zip(structure, params, coords):
+            xg = tf.reshape(tf.gather(x, c), [-1, dim])
+            with tf.GradientTape() as tape:
+                tape.watch(xg)
+                f = loss_fn(p, xg)
+            values.append(f)
+            grads.append(tf.reshape(tape.gradient(f, xg), [-1]))
+        return tf.dynamic_stitch(members, values), tf.dynamic_stitch(coords, grads)
+
+    return value_and_grad
