@@ -5,7 +5,8 @@
     f, g = objective.value_and_grad(objective.initial_point())
 """
 
-from rl_optimizer.objectives import quadratic  # noqa: F401  (registers its family)
+# Imported for their side effect: each module registers its families.
+from rl_optimizer.objectives import classic, learning, quadratic  # noqa: F401
 from rl_optimizer.objectives.base import (
     SPLITS,
     Objective,
