@@ -4,22 +4,25 @@ The environment, the Keras optimizer and the exported SavedModel all call these 
 what the agent was trained on is exactly what it runs on (no train/serve skew). Everything is
 TensorFlow, elementwise, and works on tensors of any shape.
 
-Per coordinate the optimizer keeps S = 3 float32 numbers (a fresh coordinate's are zeros):
+Per coordinate the optimizer keeps S = 4 float32 numbers (a fresh coordinate's are zeros):
 
   m       exponential average of the gradient (β1), as in Adam;
   v       exponential average of the squared gradient (β2), as in Adam;
-  log_lr  the coordinate's log step size relative to `learning_rate`, moved by the policy.
+  log_lr  the coordinate's log step size relative to `learning_rate`, moved by the policy;
+  t       how many steps the coordinate has taken (Adam's step count).
+
+The Keras optimizer keeps m, v and log_lr as slots and takes t from its step counter (a scalar
+broadcasts through every function here), so it needs three slots per parameter.
 
 One step, given the gradient g:
 
-  1. m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²   (a fresh coordinate starts at m = g, v = g²,
-     which makes Adam's bias correction unnecessary);
+  1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ);
   2. observation = scale-free features of the gradient history (`observation`);
   3. action a ∈ [−1, 1] = policy(observation);
   4. log_lr ← clip(log_lr + log_lr_step·a, log_lr_min, log_lr_max);
-  5. update = −learning_rate·exp(log_lr)·clip(m/√v, ±clip).
+  5. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
-So the zero action is Adam with a fixed step size, and the policy learns to correct each
+So the zero action is Adam with step size `learning_rate`, and the policy learns to correct each
 coordinate's step size from what its gradient history shows (agreement of the gradient with the
 momentum, normalised gradient magnitudes): a learned, coordinatewise version of the sign-based
 step-size rules of Rprop (Riedmiller & Braun 1993), on an Adam direction (Kingma & Ba 2015),
@@ -36,13 +39,15 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-STATE_SIZE = 3
-"""S: float32 numbers of optimizer state per coordinate (m, v, log_lr)."""
+STATE_SIZE = 4
+"""S: float32 numbers of optimizer state per coordinate (m, v, log_lr, t)."""
 
-OBSERVATION_SIZE = 4
+OBSERVATION_SIZE = 5
 """F: features per coordinate that the policy sees."""
 
-FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "log_lr")
+FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "log_lr", "log_step")
+
+_LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +58,9 @@ class FeatureConfig:
     """Decay of the gradient average m."""
     beta2: float = 0.999
     """Decay of the squared-gradient average v."""
-    learning_rate: float = 0.01
+    learning_rate: float = 0.1
     """Step size at log_lr = 0 (what the zero action does)."""
-    log_lr_step: float = 0.3
+    log_lr_step: float = 0.2
     """How far one action of ±1 moves log_lr."""
     log_lr_min: float = -9.0
     """Lower bound of log_lr."""
@@ -64,7 +69,7 @@ class FeatureConfig:
     clip: float = 5.0
     """Bound on the normalised direction m/√v and on each observation feature."""
     epsilon: float = 1e-12
-    """Added to √v so a coordinate with zero gradients takes zero steps."""
+    """Added to √v̂ so a coordinate with zero gradients takes zero steps."""
 
     def __post_init__(self):
         for name in ("beta1", "beta2"):
@@ -91,6 +96,7 @@ class State(NamedTuple):
     m: tf.Tensor
     v: tf.Tensor
     log_lr: tf.Tensor
+    t: tf.Tensor
 
 
 def init_state(shape, dtype=tf.float32) -> State:
@@ -108,23 +114,35 @@ def unpack(state: tf.Tensor) -> State:
     return State(*tf.unstack(state, num=STATE_SIZE, axis=-1))
 
 
-def _moments(gradient, state: State, config: FeatureConfig):
-    fresh = tf.equal(state.v, 0.0)
-    m = tf.where(fresh, gradient, config.beta1 * state.m + (1.0 - config.beta1) * gradient)
-    v = tf.where(fresh, tf.square(gradient),
-                 config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient))
-    return m, v
+class _Moments(NamedTuple):
+    m: tf.Tensor  # new averages, stored in the state
+    v: tf.Tensor
+    t: tf.Tensor
+    direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
+    rms: tf.Tensor  # √v̂ + ε
 
 
-def _features(gradient, state: State, m, v, config: FeatureConfig) -> tf.Tensor:
+def _moments(gradient, state: State, config: FeatureConfig) -> _Moments:
+    t = state.t + 1.0
+    m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
+    v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
+    # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
+    rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, t))) + config.epsilon
+    m_hat = m / (1.0 - tf.pow(config.beta1, t))
+    direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
+    return _Moments(m, v, t, direction, rms)
+
+
+def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) -> tf.Tensor:
     c = config.clip
-    rms = tf.sqrt(v) + config.epsilon
+    ones = tf.ones_like(gradient)
     features = tf.stack([
-        tf.clip_by_value(gradient / rms, -c, c),
-        tf.clip_by_value(m / rms, -c, c),
-        # > 0 while the gradient keeps the direction it had, < 0 when it oscillates.
-        tf.clip_by_value(gradient * state.m / tf.square(rms), -c, c),
-        state.log_lr / max(-config.log_lr_min, config.log_lr_max),
+        tf.clip_by_value(gradient / moments.rms, -c, c),
+        moments.direction,
+        # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
+        tf.sign(gradient) * tf.sign(state.m),
+        ones * (state.log_lr / max(-config.log_lr_min, config.log_lr_max)),
+        ones * (tf.math.log(moments.t) / _LOG_STEP_SCALE),
     ], axis=-1)
     # A non-finite gradient is skipped by `_apply`; its observation must still be a number.
     return tf.where(tf.math.is_finite(features), features, tf.zeros_like(features))
@@ -132,16 +150,14 @@ def _features(gradient, state: State, m, v, config: FeatureConfig) -> tf.Tensor:
 
 def observation(gradient: tf.Tensor, state: State, config: FeatureConfig) -> tf.Tensor:
     """Features [..., F] of the gradient history, for each coordinate of `gradient`."""
-    m, v = _moments(gradient, state, config)
-    return _features(gradient, state, m, v, config)
+    return _features(gradient, state, _moments(gradient, state, config), config)
 
 
-def _apply(action, gradient, state: State, m, v, config: FeatureConfig):
+def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig):
     log_lr = tf.clip_by_value(state.log_lr + config.log_lr_step * action,
                               config.log_lr_min, config.log_lr_max)
-    direction = tf.clip_by_value(m / (tf.sqrt(v) + config.epsilon), -config.clip, config.clip)
-    update = -config.learning_rate * tf.exp(log_lr) * direction
-    new_state = State(m, v, log_lr)
+    update = -config.learning_rate * tf.exp(log_lr) * moments.direction
+    new_state = State(moments.m, moments.v, log_lr, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)
     update = tf.where(finite, update, tf.zeros_like(update))
@@ -152,13 +168,12 @@ def _apply(action, gradient, state: State, m, v, config: FeatureConfig):
 def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State,
                  config: FeatureConfig) -> tuple[tf.Tensor, State]:
     """(update, new_state) for a given action ∈ [−1, 1] of each coordinate."""
-    m, v = _moments(gradient, state, config)
-    return _apply(action, gradient, state, m, v, config)
+    return _apply(action, gradient, state, _moments(gradient, state, config), config)
 
 
 def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: State,
          config: FeatureConfig) -> tuple[tf.Tensor, State]:
     """One optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
-    m, v = _moments(gradient, state, config)
-    action = actor(_features(gradient, state, m, v, config))
-    return _apply(action, gradient, state, m, v, config)
+    moments = _moments(gradient, state, config)
+    action = actor(_features(gradient, state, moments, config))
+    return _apply(action, gradient, state, moments, config)

@@ -1,0 +1,219 @@
+"""Train the learned optimizer: DDPG on the optimization environment, then export the policy.
+
+    rl-optimizer train --config configs/default.yaml --run-dir runs/NAME [--resume] [--set k=v]
+
+A run directory holds everything a run makes:
+
+    config.yaml           the resolved config (what --resume uses)
+    checkpoints/          agent, replay buffer, counters (tf_agents Checkpointer)
+    train/                TensorBoard: losses, returns, evaluation, convergence curves
+    export/rl_optimizer/  the final policy, as a TF Serving model version
+    summary.json          wall time, final evaluation
+
+Checkpoints are written every `training.checkpoint_every` iterations and on Ctrl-C; a run
+killed at any moment continues from its last checkpoint with `--resume` (the episode in
+flight restarts; the sampler, replay buffer, networks and counters continue).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import yaml
+from tf_agents.drivers import dynamic_step_driver
+from tf_agents.environments import tf_py_environment
+from tf_agents.metrics import tf_metrics
+from tf_agents.replay_buffers import tf_uniform_replay_buffer
+from tf_agents.utils import common
+from tqdm.auto import tqdm
+
+from rl_optimizer import agent as agent_lib
+from rl_optimizer.config import Config, load_config, to_dict
+from rl_optimizer.environment import OptimizationEnv
+from rl_optimizer.export import export_policy
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    run_dir: str
+    export_path: str
+    iterations: int
+    wall_seconds: float
+    evaluation: dict
+    interrupted: bool = False
+
+
+class _Run:
+    """The objects of one training run, built from a config (the script part lives in train)."""
+
+    def __init__(self, config: Config, run_dir: str):
+        self.config = config
+        tf.random.set_seed(config.training.seed)
+        self.py_env = OptimizationEnv(config.environment, config.features)
+        self.env = tf_py_environment.TFPyEnvironment(self.py_env)
+        self.global_step = tf.Variable(0, dtype=tf.int64, name="global_step")
+        self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
+        self.agent = agent_lib.build_agent(self.env.time_step_spec(), self.env.action_spec(),
+                                           config, self.global_step)
+        t = config.training
+        self.replay = tf_uniform_replay_buffer.TFUniformReplayBuffer(
+            self.agent.collect_data_spec, batch_size=self.env.batch_size,
+            max_length=t.replay_capacity)
+        self.average_return = tf_metrics.AverageReturnMetric(batch_size=self.env.batch_size)
+        self.collect = common.function(dynamic_step_driver.DynamicStepDriver(
+            self.env, self.agent.collect_policy,
+            observers=[self.replay.add_batch, self.average_return],
+            num_steps=t.collect_steps * self.env.batch_size).run)
+        self.train_step = common.function(self.agent.train)
+        self.checkpointer = common.Checkpointer(
+            os.path.join(run_dir, "checkpoints"), max_to_keep=2, agent=self.agent,
+            replay_buffer=self.replay, global_step=self.global_step, iteration=self.iteration,
+            average_return=self.average_return)
+        self.sampler_state_path = os.path.join(run_dir, "checkpoints", "sampler.json")
+
+    def dataset_iterator(self):
+        t = self.config.training
+        dataset = self.replay.as_dataset(sample_batch_size=t.batch_size, num_steps=2,
+                                         num_parallel_calls=2).prefetch(4)
+        return iter(dataset)
+
+    def save(self):
+        self.checkpointer.save(self.global_step)
+        _atomic_write(self.sampler_state_path, json.dumps(self.py_env.get_state()))
+
+    def restore_sampler(self):
+        if os.path.isfile(self.sampler_state_path):
+            with open(self.sampler_state_path) as f:
+                self.py_env.set_state(json.load(f))
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(config: Config, run_dir: str, resume: bool) -> Config:
+    """Writes (or, resuming, reads back) the run's config; never overwrites another run."""
+    config_path = os.path.join(run_dir, "config.yaml")
+    if resume:
+        if not os.path.isfile(config_path):
+            raise ValueError(f"--resume: {run_dir!r} has no config.yaml; nothing to resume")
+        return load_config(config_path)
+    if os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise ValueError(f"run directory {run_dir!r} already holds a run; pass --resume to "
+                         "continue it or choose a new --run-dir")
+    os.makedirs(run_dir, exist_ok=True)
+    _atomic_write(config_path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    return config
+
+
+def train(config: Config, run_dir: str, resume: bool = False, progress: bool = True,
+          evaluate_fn=None) -> TrainResult:
+    """Trains a policy with DDPG and exports it to `<run_dir>/export/rl_optimizer/<version>`.
+
+    Args:
+      config: the run's config (ignored when resuming: the run's own config.yaml is used).
+      run_dir: where checkpoints, TensorBoard logs and the export go.
+      resume: continue the run in `run_dir` from its last checkpoint.
+      progress: show a tqdm progress bar.
+      evaluate_fn: `(policy, step, writer) -> dict` of scalars; default `validation_summary`.
+    """
+    config = prepare_run_dir(config, run_dir, resume)
+    np.random.seed(config.training.seed)
+    run = _Run(config, run_dir)
+    if resume:
+        run.checkpointer.initialize_or_restore()
+        run.restore_sampler()
+    evaluate_fn = evaluate_fn or validation_summary
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "train"))
+    t = config.training
+    start = time.time()
+    if run.replay.num_frames() == 0:
+        _initial_collect(run, t.initial_collect_steps)
+    iterator = run.dataset_iterator()
+    evaluation, interrupted = {}, False
+    bar = tqdm(total=t.iterations, initial=int(run.iteration.numpy()), disable=not progress,
+               desc="train", unit="it", dynamic_ncols=True)
+    try:
+        with writer.as_default():
+            while int(run.iteration.numpy()) < t.iterations:
+                losses = _iterate(run, iterator)
+                it = int(run.iteration.assign_add(1).numpy())
+                stats = {"actor_loss": float(losses.extra.actor_loss),
+                         "critic_loss": float(losses.extra.critic_loss),
+                         "return": float(run.average_return.result())}
+                if it % t.log_every == 0 or it == t.iterations:
+                    for name, value in stats.items():
+                        tf.summary.scalar(f"train/{name}", value, step=it)
+                every = config.evaluation.every
+                if (every and it % every == 0) or it == t.iterations:
+                    evaluation = evaluate_fn(agent_lib.policy_from_actor(run.agent, config),
+                                             it, writer)
+                    stats.update({k: v for k, v in evaluation.items() if np.isscalar(v)})
+                if it % t.checkpoint_every == 0:
+                    run.save()
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+                bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted at iteration {int(run.iteration.numpy())}: checkpointing")
+    finally:
+        bar.close()
+    run.save()
+    wall = time.time() - start
+    policy = agent_lib.policy_from_actor(run.agent, config, metadata={
+        "config": to_dict(config), "iterations": int(run.iteration.numpy()),
+        "train_seconds": round(wall, 1), "evaluation": evaluation})
+    export_path = export_policy(policy, os.path.join(run_dir, "export"))
+    result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall, evaluation,
+                         interrupted)
+    _atomic_write(os.path.join(run_dir, "summary.json"),
+                  json.dumps(dataclasses.asdict(result), indent=2, default=float))
+    return result
+
+
+def _initial_collect(run: _Run, steps: int) -> None:
+    for _ in range(steps):
+        run.collect()
+
+
+def _iterate(run: _Run, iterator):
+    run.collect()
+    for _ in range(run.config.training.train_steps):
+        experience, _ = next(iterator)
+        losses = run.train_step(experience)
+    return losses
+
+
+def validation_summary(policy, step: int, writer) -> dict:
+    """Placeholder until evaluation lands: mean final log10 gap on validation instances."""
+    raise NotImplementedError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="YAML config (default: the embedded configs/default.yaml)")
+    parser.add_argument("--run-dir", required=True, help="directory for this run's outputs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_command(args) -> int:
+    config = load_config(args.config, args.set) if not args.resume else None
+    result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"{'interrupted' if result.interrupted else 'trained'} {result.iterations} iterations "
+          f"in {result.wall_seconds:.0f} s; policy exported to {result.export_path}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(args.run_dir, 'train')}")
+    return 0
