@@ -12,6 +12,16 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from rl_optimizer import features, objectives  # noqa: E402
 from rl_optimizer.export import export_policy  # noqa: E402
+from rl_optimizer.keras_optimizer import LearnedOptimizer  # noqa: E402  (registers with Keras)
+from rl_optimizer.monitor import OptimizerMonitor  # noqa: E402
 from rl_optimizer.policy import LearnedPolicy, load_policy  # noqa: E402
 
-__all__ = ["LearnedPolicy", "export_policy", "features", "load_policy", "objectives"]
+__all__ = [
+    "LearnedOptimizer",
+    "LearnedPolicy",
+    "OptimizerMonitor",
+    "export_policy",
+    "features",
+    "load_policy",
+    "objectives",
+]

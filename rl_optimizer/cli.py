@@ -12,7 +12,11 @@ import logging
 import sys
 
 COMMANDS = {
+    "train": ("rl_optimizer.train", "train a policy with DDPG and export it"),
+    "evaluate": ("rl_optimizer.evaluation.command",
+                 "evaluate a policy against tuned baselines: report, CSV, plots"),
     "export": ("rl_optimizer.export", "export a policy as a TF Serving model version"),
+    "serve": ("rl_optimizer.serving.server", "serve exported policies over TF Serving's gRPC API"),
 }
 
 

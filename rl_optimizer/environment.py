@@ -29,6 +29,7 @@ import tensorflow as tf
 from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
+from tqdm.auto import tqdm
 
 from rl_optimizer import features, objectives
 from rl_optimizer.config import EnvironmentConfig
@@ -37,13 +38,37 @@ from rl_optimizer.features import FeatureConfig
 
 @tf.function(reduce_retracing=True)
 def _observe(gradient, state, config):
-    return features.observation(gradient, features.State(*state), config)
+    return features.observation(tf.cast(gradient, tf.float32), features.State(*state), config)
 
 
-@tf.function(reduce_retracing=True)
-def _apply(action, gradient, state, config):
-    update, new_state = features.apply_action(action, gradient, features.State(*state), config)
-    return update, tuple(new_state)
+@functools.cache
+def _transition_fn(structure):
+    """One compiled environment step for batches of this structure (see `ObjectiveBatch`)."""
+    value_and_grad = objectives.batch_value_and_grad(structure)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def transition(tensors, instance_of_coordinate, action, x, values, gradient, state, config):
+        state = features.State(*state)
+        update, new_state = features.apply_action(action, tf.cast(gradient, tf.float32), state,
+                                                  config)
+        new_x = x + tf.cast(update, x.dtype)
+        new_values, new_gradient = value_and_grad(*tensors, new_x)
+        # A step to a non-finite loss or gradient is undone for the whole instance, so the
+        # episode goes on from where it was (and the reward says what happened).
+        finite = tf.math.unsorted_segment_min(
+            tf.cast(tf.math.is_finite(new_gradient), tf.int32), instance_of_coordinate,
+            tf.shape(values)[0]) > 0
+        ok = tf.math.is_finite(new_values) & finite
+        coord_ok = tf.gather(ok, instance_of_coordinate)
+        kept_state = features.State(*(tf.where(coord_ok, new, old)
+                                      for new, old in zip(new_state, state)))
+        kept_gradient = tf.where(coord_ok, new_gradient, gradient)
+        observation = features.observation(tf.cast(kept_gradient, tf.float32), kept_state,
+                                           config)
+        return (tf.where(coord_ok, new_x, x), tf.where(ok, new_values, values), new_values,
+                kept_gradient, tuple(kept_state), observation)
+
+    return transition
 
 
 @functools.lru_cache(maxsize=4096)
@@ -100,6 +125,14 @@ class OptimizationEnv(py_environment.PyEnvironment):
         """The current episode's instances."""
         return self._batch
 
+    def prefill_pool(self, progress: bool = False) -> None:
+        """Samples (and solves) every instance episodes can draw, instead of on first use."""
+        pool = min(self.config.pool_size, len(self._seeds))
+        todo = [(family, self._seeds[i]) for family, _ in self._families for i in range(pool)]
+        for family, seed in tqdm(todo, desc="sampling training instances", unit="instance",
+                                 disable=not progress, leave=False):
+            _sample(family, seed)
+
     def _sample_instances(self) -> list[objectives.Objective]:
         pool = min(self.config.pool_size, len(self._seeds))
         return [_sample(family, self._seeds[int(i)])
@@ -108,52 +141,43 @@ class OptimizationEnv(py_environment.PyEnvironment):
 
     def _reset(self):
         self._batch = objectives.ObjectiveBatch(self._sample_instances())
-        self._x = self._batch.initial_point()
-        self._values, self._gradient = self._batch.value_and_grad(self._x)
-        self._state = tuple(np.zeros(self._batch.size, np.float32)
-                            for _ in range(features.STATE_SIZE))
+        self._transition = _transition_fn(self._batch.structure)
+        self._instance_of_coordinate = tf.constant(self._batch.instance_of_coordinate, tf.int32)
+        self._x = tf.constant(self._batch.initial_point(), tf.float64)
+        self._values, self._gradient = self._batch.tf_value_and_grad(self._x)
+        self._state = tuple(features.init_state([self._batch.size]))
         self._t = 0
-        return ts.restart(self._observation(), batch_size=self.batch_size)
+        observation = _observe(self._gradient, self._state, self.feature_config)
+        return ts.restart(observation.numpy(), batch_size=self.batch_size)
 
     def _step(self, action):
-        action = np.asarray(action, np.float32).reshape(self.batch_size)
-        update, state = _apply(tf.constant(action), self._float32(self._gradient), self._state,
-                               self.feature_config)
-        x = self._x + update.numpy().astype(np.float64)
-        values, gradient = self._batch.value_and_grad(x)
-        reward = self._reward(values)
-        # Undo non-finite steps (an instance's point, values and state) so the episode goes on.
-        ok = np.isfinite(values) & self._instances_finite(gradient)
-        coord_ok = ok[self._batch.instance_of_coordinate]
-        self._x = np.where(coord_ok, x, self._x)
-        self._values = np.where(ok, values, self._values)
-        self._gradient = np.where(coord_ok, gradient, self._gradient)
-        self._state = tuple(np.where(coord_ok, new.numpy(), old)
-                            for new, old in zip(state, self._state))
+        action = tf.constant(np.asarray(action, np.float32).reshape(self.batch_size))
+        before = self._values.numpy()
+        self._x, self._values, new_values, self._gradient, self._state, observation = \
+            self._transition(self._batch.tensors, self._instance_of_coordinate, action, self._x,
+                             self._values, self._gradient, self._state, self.feature_config)
         self._t += 1
-        reward = reward[self._batch.instance_of_coordinate].astype(np.float32)
+        reward = self._reward(before, new_values.numpy())[self._batch.instance_of_coordinate]
+        reward = reward.astype(np.float32)
         discount = np.ones(self.batch_size, np.float32)
         if self._t >= self.config.horizon:
-            return ts.truncation(self._observation(), reward, discount)
-        return ts.transition(self._observation(), reward, discount)
+            return ts.truncation(observation.numpy(), reward, discount)
+        return ts.transition(observation.numpy(), reward, discount)
 
-    def _instances_finite(self, gradient):
-        bad = ~np.isfinite(gradient)
-        return np.bincount(self._batch.instance_of_coordinate, weights=bad,
-                           minlength=len(self._batch.objectives)) == 0
+    @property
+    def point(self) -> np.ndarray:
+        """The current flat point of all instances (float64)."""
+        return self._x.numpy()
 
-    def _reward(self, values):
+    @property
+    def values(self) -> np.ndarray:
+        """The current loss of each instance."""
+        return self._values.numpy()
+
+    def _reward(self, before, values):
         floor = self.config.gap_floor
-        before = np.log(np.maximum(self._batch.normalized_gap(self._values), floor))
+        before = np.log(np.maximum(self._batch.normalized_gap(before), floor))
         with np.errstate(invalid="ignore", divide="ignore"):
             after = np.log(np.maximum(self._batch.normalized_gap(values), floor))
         reward = np.clip(before - after, -self.config.reward_clip, self.config.reward_clip)
         return np.where(np.isfinite(after), reward, -self.config.reward_clip)
-
-    def _observation(self):
-        obs = _observe(self._float32(self._gradient), self._state, self.feature_config)
-        return obs.numpy()
-
-    @staticmethod
-    def _float32(x):
-        return tf.constant(np.asarray(x, np.float32))

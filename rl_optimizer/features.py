@@ -8,7 +8,7 @@ Per coordinate the optimizer keeps S = 4 float32 numbers (a fresh coordinate's a
 
   m       exponential average of the gradient (β1), as in Adam;
   v       exponential average of the squared gradient (β2), as in Adam;
-  log_lr  the coordinate's log step size relative to `learning_rate`, moved by the policy;
+  log_lr  the coordinate's last log step size relative to `learning_rate`, set by the policy;
   t       how many steps the coordinate has taken (Adam's step count).
 
 The Keras optimizer keeps m, v and log_lr as slots and takes t from its step counter (a scalar
@@ -19,14 +19,15 @@ One step, given the gradient g:
   1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ);
   2. observation = scale-free features of the gradient history (`observation`);
   3. action a ∈ [−1, 1] = policy(observation);
-  4. log_lr ← clip(log_lr + log_lr_step·a, log_lr_min, log_lr_max);
+  4. log_lr ← a·log_lr_max for a ≥ 0, |a|·log_lr_min for a < 0;
   5. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
-So the zero action is Adam with step size `learning_rate`, and the policy learns to correct each
-coordinate's step size from what its gradient history shows (agreement of the gradient with the
-momentum, normalised gradient magnitudes): a learned, coordinatewise version of the sign-based
-step-size rules of Rprop (Riedmiller & Braun 1993), on an Adam direction (Kingma & Ba 2015),
-with the log/normalised preprocessing of Andrychowicz et al. (2016).
+So the zero action is Adam with step size `learning_rate`, and the policy sets each coordinate's
+step size from what its gradient history shows (agreement of the gradient with its average,
+normalised magnitudes, the step count, and its own previous choice, which lets it act as a
+step-size controller in the manner of Rprop (Riedmiller & Braun 1993)), on an Adam direction
+(Kingma & Ba 2015), with the normalised preprocessing of Andrychowicz et al. (2016). An action
+acts on the step it is taken for, which keeps the credit assignment short for the agent.
 
 The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
 """
@@ -60,12 +61,10 @@ class FeatureConfig:
     """Decay of the squared-gradient average v."""
     learning_rate: float = 0.1
     """Step size at log_lr = 0 (what the zero action does)."""
-    log_lr_step: float = 0.2
-    """How far one action of ±1 moves log_lr."""
-    log_lr_min: float = -9.0
-    """Lower bound of log_lr."""
-    log_lr_max: float = 4.0
-    """Upper bound of log_lr."""
+    log_lr_min: float = -7.0
+    """log_lr of the action -1 (the smallest step size, relative to `learning_rate`)."""
+    log_lr_max: float = 3.0
+    """log_lr of the action +1 (the largest step size, relative to `learning_rate`)."""
     clip: float = 5.0
     """Bound on the normalised direction m/√v and on each observation feature."""
     epsilon: float = 1e-12
@@ -75,11 +74,11 @@ class FeatureConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("learning_rate", "log_lr_step", "clip", "epsilon"):
+        for name in ("learning_rate", "clip", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
-        if not self.log_lr_min <= 0.0 <= self.log_lr_max:
-            raise ValueError("features.log_lr_min <= 0 <= features.log_lr_max must hold, got "
+        if not self.log_lr_min < 0.0 < self.log_lr_max:
+            raise ValueError("features.log_lr_min < 0 < features.log_lr_max must hold, got "
                              f"{self.log_lr_min}, {self.log_lr_max}")
 
     @property
@@ -136,16 +135,18 @@ def _moments(gradient, state: State, config: FeatureConfig) -> _Moments:
 def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) -> tf.Tensor:
     c = config.clip
     ones = tf.ones_like(gradient)
-    features = tf.stack([
+    columns = [
         tf.clip_by_value(gradient / moments.rms, -c, c),
         moments.direction,
         # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
         tf.sign(gradient) * tf.sign(state.m),
         ones * (state.log_lr / max(-config.log_lr_min, config.log_lr_max)),
         ones * (tf.math.log(moments.t) / _LOG_STEP_SCALE),
-    ], axis=-1)
+    ]
     # A non-finite gradient is skipped by `_apply`; its observation must still be a number.
-    return tf.where(tf.math.is_finite(features), features, tf.zeros_like(features))
+    # Masked column by column, then stacked: under XLA the stack then folds into the actor.
+    return tf.stack([tf.where(tf.math.is_finite(x), x, tf.zeros_like(x)) for x in columns],
+                    axis=-1)
 
 
 def observation(gradient: tf.Tensor, state: State, config: FeatureConfig) -> tf.Tensor:
@@ -154,8 +155,8 @@ def observation(gradient: tf.Tensor, state: State, config: FeatureConfig) -> tf.
 
 
 def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig):
-    log_lr = tf.clip_by_value(state.log_lr + config.log_lr_step * action,
-                              config.log_lr_min, config.log_lr_max)
+    action = tf.clip_by_value(action, -1.0, 1.0)
+    log_lr = action * tf.where(action > 0, config.log_lr_max, -config.log_lr_min)
     update = -config.learning_rate * tf.exp(log_lr) * moments.direction
     new_state = State(moments.m, moments.v, log_lr, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.

@@ -75,6 +75,23 @@ class LearnedPolicy(tf.Module):
                       + tf.cast(self.biases[-1], h.dtype))
         return tf.reshape(out, tf.shape(observation)[:-1])
 
+    def unrolled_actor(self, observation: tf.Tensor) -> tf.Tensor:
+        """`actor` unit by unit with scalar weights: the same function, elementwise ops only.
+
+        Under XLA the features and the whole MLP then fuse into one loop over the coordinates,
+        instead of [N, hidden] activations going through memory (the Keras benchmark's train
+        step: 3.3x Adam's time before, 1.7x after). Without XLA it is many small ops, so
+        `actor` stays the default.
+        """
+        units = tf.unstack(observation, num=features.OBSERVATION_SIZE, axis=-1)
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            rows = [tf.unstack(row) for row in tf.unstack(tf.cast(kernel, observation.dtype))]
+            units = [tf.add_n([x * row[j] for x, row in zip(units, rows)]) + b
+                     for j, b in enumerate(tf.unstack(tf.cast(bias, observation.dtype)))]
+            if i < len(self.kernels) - 1:
+                units = [tf.nn.relu(u) for u in units]
+        return tf.tanh(units[0])
+
     def step(self, gradient: tf.Tensor, state: features.State) -> tuple[tf.Tensor, features.State]:
         """One optimizer step for coordinates of any shape (see `features.step`)."""
         return features.step(self.actor, gradient, state, self.feature_config)
@@ -149,6 +166,11 @@ def load_policy(policy: str | LearnedPolicy = "default") -> LearnedPolicy:
     if manifest.get("state_size") != features.STATE_SIZE:
         raise ValueError(f"policy {version_dir!r} has state size {manifest.get('state_size')}, "
                          f"this version of rl_optimizer uses {features.STATE_SIZE}")
+    try:
+        feature_config = features.FeatureConfig(**manifest["feature_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"policy {version_dir!r} was made by another version of rl_optimizer: "
+                         f"its feature_config does not fit this one ({e})") from None
     reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
     n = len(manifest["hidden"]) + 1
 
@@ -156,6 +178,5 @@ def load_policy(policy: str | LearnedPolicy = "default") -> LearnedPolicy:
         return reader.get_tensor(f"policy/{kind}/{i}/.ATTRIBUTES/VARIABLE_VALUE")
 
     return LearnedPolicy([var("kernels", i) for i in range(n)],
-                         [var("biases", i) for i in range(n)],
-                         features.FeatureConfig(**manifest["feature_config"]),
+                         [var("biases", i) for i in range(n)], feature_config,
                          metadata=manifest.get("metadata"))

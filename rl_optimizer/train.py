@@ -7,7 +7,8 @@ A run directory holds everything a run makes:
     config.yaml           the resolved config (what --resume uses)
     checkpoints/          agent, replay buffer, counters (tf_agents Checkpointer)
     train/                TensorBoard: losses, returns, evaluation, convergence curves
-    export/rl_optimizer/  the final policy, as a TF Serving model version
+    best/rl_optimizer/    the best policy so far on validation instances (early stopping)
+    export/rl_optimizer/  the final policy (the best one), as a TF Serving model version
     summary.json          wall time, final evaluation
 
 Checkpoints are written every `training.checkpoint_every` iterations and on Ctrl-C; a run
@@ -35,7 +36,9 @@ from tqdm.auto import tqdm
 from rl_optimizer import agent as agent_lib
 from rl_optimizer.config import Config, load_config, to_dict
 from rl_optimizer.environment import OptimizationEnv
+from rl_optimizer.evaluation import PeriodicValidation
 from rl_optimizer.export import export_policy
+from rl_optimizer.policy import load_policy
 
 
 @dataclasses.dataclass
@@ -48,6 +51,7 @@ class TrainResult:
     wall_seconds: float
     evaluation: dict
     interrupted: bool = False
+    best_iteration: int | None = None
 
 
 class _Run:
@@ -125,15 +129,23 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
       run_dir: where checkpoints, TensorBoard logs and the export go.
       resume: continue the run in `run_dir` from its last checkpoint.
       progress: show a tqdm progress bar.
-      evaluate_fn: `(policy, step, writer) -> dict` of scalars; default `validation_summary`.
+      evaluate_fn: `(policy, step, writer) -> dict` with at least `win_rate_vs_adam` and
+        `divergences`; default: `evaluation.PeriodicValidation` as `config.evaluation` says.
+
+    The exported policy is the one that scored best on validation instances (see
+    `selection_score`); the training curve's last policy is exported only if none was scored.
     """
     config = prepare_run_dir(config, run_dir, resume)
     np.random.seed(config.training.seed)
     run = _Run(config, run_dir)
+    run.py_env.prefill_pool(progress=progress)
     if resume:
         run.checkpointer.initialize_or_restore()
         run.restore_sampler()
-    evaluate_fn = evaluate_fn or validation_summary
+    e = config.evaluation
+    evaluate_fn = evaluate_fn or PeriodicValidation(e.families, e.instances, e.steps,
+                                                    eps=e.epsilon)
+    best = _BestPolicy(run_dir)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "train"))
     t = config.training
     start = time.time()
@@ -156,9 +168,11 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
                         tf.summary.scalar(f"train/{name}", value, step=it)
                 every = config.evaluation.every
                 if (every and it % every == 0) or it == t.iterations:
-                    evaluation = evaluate_fn(agent_lib.policy_from_actor(run.agent, config),
-                                             it, writer)
-                    stats.update({k: v for k, v in evaluation.items() if np.isscalar(v)})
+                    policy = agent_lib.policy_from_actor(run.agent, config)
+                    evaluation = evaluate_fn(policy, it, writer)
+                    score = selection_score(evaluation, e.instances * len(e.families))
+                    best.offer(policy, score, it, evaluation)
+                    stats.update(score=score, best=best.score)
                 if it % t.checkpoint_every == 0:
                     run.save()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
@@ -170,12 +184,13 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
         bar.close()
     run.save()
     wall = time.time() - start
-    policy = agent_lib.policy_from_actor(run.agent, config, metadata={
-        "config": to_dict(config), "iterations": int(run.iteration.numpy()),
-        "train_seconds": round(wall, 1), "evaluation": evaluation})
+    policy = best.policy() or agent_lib.policy_from_actor(run.agent, config)
+    policy.metadata.update(config=to_dict(config), iterations=int(run.iteration.numpy()),
+                           train_seconds=round(wall, 1))
     export_path = export_policy(policy, os.path.join(run_dir, "export"))
-    result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall, evaluation,
-                         interrupted)
+    result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall,
+                         policy.metadata.get("validation", evaluation), interrupted,
+                         best.iteration)
     _atomic_write(os.path.join(run_dir, "summary.json"),
                   json.dumps(dataclasses.asdict(result), indent=2, default=float))
     return result
@@ -194,9 +209,32 @@ def _iterate(run: _Run, iterator):
     return losses
 
 
-def validation_summary(policy, step: int, writer) -> dict:
-    """Placeholder until evaluation lands: mean final log10 gap on validation instances."""
-    raise NotImplementedError
+def selection_score(evaluation: dict, runs: int) -> float:
+    """Win rate against tuned Adam minus the fraction of runs that diverged (higher is better)."""
+    return float(evaluation["win_rate_vs_adam"]) - float(evaluation["divergences"]) / runs
+
+
+class _BestPolicy:
+    """The best-scoring policy so far, exported under `<run_dir>/best` so it survives a kill."""
+
+    def __init__(self, run_dir: str):
+        self.model_dir = os.path.join(run_dir, "best")
+        self.score, self.iteration = -np.inf, None
+        if os.path.isdir(self.model_dir):
+            meta = load_policy(self.model_dir).metadata
+            self.score, self.iteration = meta["validation_score"], meta["iteration"]
+
+    def offer(self, policy, score: float, iteration: int, evaluation: dict) -> bool:
+        if score <= self.score:
+            return False
+        policy.metadata.update(validation_score=score, iteration=iteration,
+                               validation=evaluation)
+        export_policy(policy, self.model_dir)
+        self.score, self.iteration = score, iteration
+        return True
+
+    def policy(self):
+        return load_policy(self.model_dir) if self.iteration is not None else None
 
 
 def add_arguments(parser) -> None:

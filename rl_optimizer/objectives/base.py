@@ -97,7 +97,7 @@ class Objective:
 def compiled_value_and_grad(loss_fn: LossFn) -> Callable:
     """One compiled (f, df/dx) per loss; traces once per dtype and shape."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def value_and_grad(params, x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -192,8 +192,10 @@ class ObjectiveBatch:
         # Which instance each coordinate belongs to: the per-coordinate reward's lookup table.
         self.instance_of_coordinate = np.repeat(np.arange(len(dims)), dims)
         self.f_star = np.array([o.f_star for o in self.objectives])
-        self._structure, self._args = self._make_groups(dtype)
-        self._fn = _batch_value_and_grad(self._structure)
+        # `structure` is hashable and equal across batches of the same make-up; `tensors` are
+        # this batch's data. Code compiling its own step around the objectives takes both and
+        # calls `batch_value_and_grad(structure)(*tensors, x)`, as `tf_value_and_grad` does.
+        self.structure, self.tensors = self._make_groups(dtype)
         self.f0 = self.value_and_grad(self.initial_point())[0]
 
     def _make_groups(self, dtype):
@@ -216,7 +218,7 @@ class ObjectiveBatch:
 
     def tf_value_and_grad(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Values [n_objectives] and flat gradient [size] as tensors; usable inside tf.function."""
-        return self._fn(*self._args, tf.cast(x, self.dtype))
+        return batch_value_and_grad(self.structure)(*self.tensors, tf.cast(x, self.dtype))
 
     def value_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values [n_objectives] and the flat gradient [size] at the flat point `x`."""
@@ -232,10 +234,10 @@ class ObjectiveBatch:
 
 
 @functools.cache
-def _batch_value_and_grad(structure: tuple) -> Callable:
+def batch_value_and_grad(structure: tuple) -> Callable:
     """One compiled function per batch structure ((loss_fn, dim, n_instances) per group)."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def value_and_grad(params, members, coords, x):
         values, grads = [], []
         for (loss_fn, dim, _), p, c in zip(structure, params, coords):

@@ -1,0 +1,115 @@
+"""`rl-optimizer evaluate`: the sweep, the Keras digits tasks and the report, in one command.
+
+    rl-optimizer evaluate --policy default|PATH [--families a,b] [--instances N] [--steps T]
+                          --out DIR [--readme README.md]
+
+Writes DIR/report.md, DIR/results.csv, PNG plots and TensorBoard events (DIR/tensorboard), and
+the README's Results section (DIR/readme_results.md; into --readme between markers).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+from rl_optimizer.evaluation.baselines import BASELINES
+from rl_optimizer.evaluation.report import (
+    headline_table,
+    readme_section,
+    update_readme,
+    write_report,
+)
+from rl_optimizer.evaluation.sweep import Benchmark
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--policy", default="default",
+                        help="'default' (the shipped policy), a run directory or an export")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated families (default: every family)")
+    parser.add_argument("--instances", type=int, default=100, help="test instances per family")
+    parser.add_argument("--steps", type=int, default=1000, help="steps per run (T)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma-separated baselines (default: all)")
+    parser.add_argument("--tuning-instances", type=int, default=16,
+                        help="validation instances per family for learning-rate tuning")
+    parser.add_argument("--keras-epochs", type=int, default=20,
+                        help="epochs of the Keras digits models (0: skip them)")
+    parser.add_argument("--readme", default=None, metavar="PATH",
+                        help="also write the Results section into this README (between markers)")
+
+
+def _command_line(args) -> str:
+    parts = ["rl-optimizer", "evaluate", "--policy", args.policy]
+    if args.families:
+        parts += ["--families", args.families]
+    parts += ["--instances", str(args.instances), "--steps", str(args.steps)]
+    if args.baselines != ",".join(BASELINES):
+        parts += ["--baselines", args.baselines]
+    if args.tuning_instances != 16:
+        parts += ["--tuning-instances", str(args.tuning_instances)]
+    parts += ["--keras-epochs", str(args.keras_epochs), "--out", args.out]
+    if args.readme:
+        parts += ["--readme", args.readme]
+    return shlex.join(parts)
+
+
+def run_command(args) -> int:
+    from rl_optimizer.policy import load_policy
+
+    # Every input is checked before the first optimizer step.
+    if args.keras_epochs < 0:
+        raise ValueError(f"--keras-epochs must be >= 0, got {args.keras_epochs}")
+    policy = load_policy(args.policy)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    benchmark = Benchmark(args.families, args.instances, args.steps, baselines=baselines,
+                          tuning_instances=args.tuning_instances, progress=True)
+    os.makedirs(args.out, exist_ok=True)
+    results = benchmark.evaluate(policy)
+    failed = args.keras_epochs and not _keras_tasks(results, policy, args.keras_epochs)
+    command = _command_line(args)
+    paths = write_report(results, args.out, command)
+    section = readme_section(results, command)
+    with open(os.path.join(args.out, "readme_results.md"), "w") as f:
+        f.write(section)
+    if args.readme:
+        update_readme(args.readme, section)
+    print(headline_table(results))
+    print(f"\nwall time {results.timings['total']:.0f} s ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in results.timings.items() if k != "total")
+          + f")\nreport: {paths['report']}\nraw results: {paths['csv']}\n"
+          f"tensorboard --logdir {paths['tensorboard']}")
+    return 1 if failed else 0
+
+
+def _keras_tasks(results, policy, epochs: int) -> bool:
+    """Adds the Keras digits tasks to `results.extras`; False if they failed.
+
+    A failure there (the Keras optimizer is a separate stage) is reported, with its traceback,
+    without losing the sweep that ran before it.
+    """
+    import traceback
+
+    from rl_optimizer.evaluation.keras_tasks import run_keras_tasks
+
+    start = time.perf_counter()
+    try:
+        keras = run_keras_tasks(policy, epochs=epochs)
+    except Exception as e:  # any failure: the report still gets written
+        traceback.print_exc()
+        last_line = ([line for line in str(e).splitlines() if line.strip()] or [""])[-1]
+        keras = {"skipped": f"the Keras tasks failed ({type(e).__name__}: {last_line.strip()}); "
+                            "traceback on stderr"}
+        ok = False
+    else:
+        ok = True
+    total = results.timings.pop("total")
+    results.timings["keras"] = time.perf_counter() - start
+    results.timings["total"] = total + results.timings["keras"]
+    results.extras["keras"] = keras
+    if "skipped" in keras:
+        print(f"Keras digits tasks skipped: {keras['skipped']}", file=sys.stderr)
+    return ok

@@ -1,0 +1,79 @@
+"""Periodic validation during training: the policy against tuned Adam on validation instances.
+
+    validate = PeriodicValidation(["quadratic"], instances=10, steps=300)
+    train(config, run_dir, evaluate_fn=validate)     # validate(policy, step, writer) -> scalars
+
+The baselines are tuned and run once, on the first call; each later call runs only the policy.
+Validation instances are `seeds("validation", …)` after the tuning ones: disjoint from both the
+tuning and the test instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rl_optimizer.evaluation import metrics
+from rl_optimizer.evaluation.sweep import Benchmark, EvaluationResults
+
+
+class PeriodicValidation:
+    """`(policy, step, writer) -> dict` of pooled scalars; details go to TensorBoard.
+
+    Args:
+      families: family names (their default parameters).
+      instances: validation instances per family.
+      steps: T of each run (the baselines are tuned for the same T).
+      eps: the normalized gap that counts as converged.
+      baselines: what the policy is compared with.
+      tuning_instances: validation instances the baselines' learning rates are tuned on.
+      images: also write convergence-curve images.
+    """
+
+    def __init__(self, families: Sequence[str], instances: int = 10, steps: int = 300,
+                 eps: float = metrics.HEADLINE_EPS, baselines: Sequence[str] = ("adam",),
+                 tuning_instances: int = 16, images: bool = True):
+        self.eps, self.images = eps, images
+        self.benchmark = Benchmark(families, instances, steps, baselines=baselines,
+                                   split="validation", tuning_instances=tuning_instances, eps=eps)
+        self.last: EvaluationResults | None = None
+
+    def __call__(self, policy, step: int, writer=None) -> dict[str, float]:
+        results = self.last = self.benchmark.evaluate(policy)
+        summary = self.pooled(results)
+        if writer is not None:
+            self.write(results, summary, step, writer)
+        return summary
+
+    def pooled(self, results: EvaluationResults) -> dict[str, float]:
+        """win_rate_vs_<b> and median_steps_ratio_vs_<b> per baseline, pooled over families,
+        with the policy's success rate and divergences."""
+        out = {}
+        for b in self.benchmark.baselines:
+            c = results.comparison(b, eps=self.eps)
+            out[f"win_rate_vs_{b}"] = c.win_rate
+            out[f"median_steps_ratio_vs_{b}"] = c.median_steps_ratio
+        mine = [results.runs[f][results.policy] for f in results.families]
+        out["success_rate"] = float(np.mean(np.concatenate(
+            [np.isfinite(r.success_steps(self.eps)) for r in mine])))
+        out["divergences"] = int(sum(r.diverged.sum() for r in mine))
+        return out
+
+    def write(self, results: EvaluationResults, summary: dict, step: int, writer) -> None:
+        import tensorflow as tf
+
+        from rl_optimizer.evaluation import report
+
+        with writer.as_default(step=step):
+            for name, value in summary.items():
+                tf.summary.scalar(f"eval/{name}", value)
+            for name, value in report.scalars(results, self.eps).items():
+                if not name.startswith("all/"):
+                    tf.summary.scalar(f"eval/{name}", value)
+            if self.images:
+                for family in results.families:
+                    png = report.figure_png(report.convergence_figure(results, family))
+                    tf.summary.image(f"eval/curves_{family}",
+                                     tf.image.decode_png(png, channels=4)[None])
+        writer.flush()

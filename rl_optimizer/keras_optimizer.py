@@ -1,0 +1,223 @@
+"""The learned policy as a tf.keras optimizer (the Keras 2.15 `Optimizer` API).
+
+    model.compile(optimizer=LearnedOptimizer("path/to/export"), loss=...)
+
+Every step is `features.step` with the policy's actor: the same code the agent was trained on and
+TF Serving runs, so Keras sees no train/serve skew. Each parameter keeps the state m, v and
+log_lr in three slot variables; the state's step count t is the optimizer's `iterations`, one
+scalar for all (as in Keras' Adam).
+
+Per variable and step, a gradient with a non-finite value leaves the variable and its slots
+unchanged and adds one to `skipped_steps`; otherwise each coordinate moves by at most
+`policy.feature_config.max_update`. The optimizer also keeps ‖gradient‖² and (estimated from
+`UPDATE_SAMPLE` coordinates per variable) ‖update‖² of the last step, summed over its
+variables, for `monitor.OptimizerMonitor` to show in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from rl_optimizer import features
+from rl_optimizer.policy import LearnedPolicy, load_policy
+
+__all__ = ["STATISTICS", "UPDATE_SAMPLE", "LearnedOptimizer", "policy_from_config",
+           "policy_to_config"]
+
+STATISTICS = ("update_norm_sq", "gradient_norm_sq")
+"""What `LearnedOptimizer.statistics` holds: sums over the variables the last step updated."""
+
+UPDATE_SAMPLE = 4096
+"""‖update‖² of a larger variable is estimated from this many evenly spaced coordinates."""
+
+_SLOTS = ("m", "v", "log_lr")
+"""`features.State` kept per coordinate, one slot each; its step count t is the optimizer's."""
+
+
+def policy_to_config(policy: LearnedPolicy) -> dict:
+    """The policy as plain JSON-able Python: weights, hidden sizes and feature constants."""
+    return {
+        "hidden": list(policy.hidden),
+        "kernels": [k.numpy().tolist() for k in policy.kernels],
+        "biases": [b.numpy().tolist() for b in policy.biases],
+        "feature_config": dataclasses.asdict(policy.feature_config),
+    }
+
+
+def policy_from_config(config: dict) -> LearnedPolicy:
+    """Inverse of `policy_to_config`."""
+    unknown = set(config) - {"hidden", "kernels", "biases", "feature_config"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} in a policy config")
+    policy = LearnedPolicy([np.asarray(k, np.float32) for k in config["kernels"]],
+                           [np.asarray(b, np.float32) for b in config["biases"]],
+                           features.FeatureConfig(**config["feature_config"]))
+    if list(policy.hidden) != list(config.get("hidden", policy.hidden)):
+        raise ValueError(f"policy config says hidden={config['hidden']}, its kernels have "
+                         f"hidden={list(policy.hidden)}")
+    return policy
+
+
+@tf.keras.saving.register_keras_serializable(package="rl_optimizer")
+class LearnedOptimizer(tf.keras.optimizers.Optimizer):
+    """A trained `LearnedPolicy` as a Keras optimizer; it has no learning rate of its own.
+
+    Args:
+      policy: "default" (the shipped policy), the path of an exported policy (a version
+        directory, or a model directory whose highest version is used), a `LearnedPolicy`, or
+        the dict `policy_to_config` makes (what `get_config` stores, so a saved model reloads
+        without the export).
+      name: name of the optimizer, the prefix of its slot variables.
+      jit_compile: compile each dense variable's update with XLA, also on CPU (Keras' own
+        optimizers use XLA only on GPU); the learned update is some 40 elementwise ops and a tiny
+        MLP that XLA fuses into a few loops.
+      weight_decay: decoupled weight decay, scaled by `learning_rate` (as in Keras' AdamW).
+      **kwargs: the other keyword arguments of `tf.keras.optimizers.Optimizer` (`clipnorm`,
+        `global_clipnorm`, `use_ema`, ...).
+
+    Sparse gradients (`tf.IndexedSlices`, e.g. from `Embedding`) update only the rows they
+    touch. Not yet inside a model compiled with `jit_compile=True`: XLA cannot prove the
+    gathered rows' dynamic count equal to the actor's reshape of them.
+    """
+
+    def __init__(self, policy: str | os.PathLike | LearnedPolicy | dict = "default",
+                 name: str = "LearnedOptimizer", jit_compile: bool = True,
+                 weight_decay: float | None = None, **kwargs):
+        # Keras' `jit_compile` wraps every update, sparse ones too; ours compiles dense ones only.
+        super().__init__(name=name, jit_compile=False, weight_decay=weight_decay, **kwargs)
+        self._set_policy(policy_from_config(policy) if isinstance(policy, dict)
+                         else load_policy(policy))
+        self.jit_update = bool(jit_compile)
+        # No schedule: the step size is the policy's, see `learning_rate`.
+        self._learning_rate = None
+
+    @property
+    def learning_rate(self) -> float:
+        """The policy's step size at log_lr = 0 (`feature_config.learning_rate`); read-only.
+
+        The policy was trained with it, so it is no hyperparameter; `weight_decay` scales by it.
+        """
+        return self.policy.feature_config.learning_rate
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _set_policy(self, policy: LearnedPolicy):
+        # Configuration, not state: `get_config` carries it, checkpoints do not.
+        self.policy = policy
+
+    def build(self, var_list):
+        """Creates the m, v and log_lr slots of each variable and the optimizer's counters."""
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        self.skipped_steps = self.add_variable([], tf.int64, name="skipped_steps")
+        self.statistics = self.add_variable([len(STATISTICS)], tf.float64, name="statistics")
+        self._slots = [[self.add_variable_from_reference(var, slot) for slot in _SLOTS]
+                       for var in var_list]
+
+    def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+        self.statistics.assign(tf.zeros_like(self.statistics))
+        return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
+
+    def update_step(self, gradient, variable):
+        """One `features.step` on `variable`, skipped if `gradient` has a non-finite value."""
+        slots = self._slots[self._index_dict[self._var_key(variable)]]
+        if isinstance(gradient, tf.IndexedSlices):
+            # `apply_gradients` has summed duplicate indices already.
+            self._sparse_update(gradient, variable, slots)
+        elif self.jit_update:
+            self._dense_update_xla(gradient, variable, slots)
+        else:
+            self._dense_update(gradient, variable, slots, self.policy.actor)
+
+    @tf.function(jit_compile=True)
+    def _dense_update_xla(self, gradient, variable, slots):
+        # The policy's XLA-friendly actor: same numbers, one fused loop.
+        self._dense_update(gradient, variable, slots, self.policy.unrolled_actor)
+
+    def _dense_update(self, gradient, variable, slots, actor):
+        values = [tf.convert_to_tensor(slot) for slot in slots]
+        update, new_values = self._step(actor, tf.cast(gradient, variable.dtype), values)
+        variable.assign_add(update)
+        for slot, new in zip(slots, new_values):
+            slot.assign(new)
+
+    def _sparse_update(self, gradient, variable, slots):
+        # Only the rows the gradient touches: gather their state, step, scatter back.
+        indices = gradient.indices
+        values = [tf.gather(slot, indices) for slot in slots]
+        update, new_values = self._step(self.policy.actor,
+                                        tf.cast(gradient.values, variable.dtype), values)
+        variable.scatter_add(tf.IndexedSlices(update, indices))
+        for slot, new in zip(slots, new_values):
+            slot.scatter_update(tf.IndexedSlices(new, indices))
+
+    def _step(self, actor, gradient, values: list) -> tuple[tf.Tensor, list]:
+        """`features.step` on the slots' `values`: the update and the slots' new values.
+
+        Where any value of `gradient` is non-finite: no update, no change.
+        """
+        state = features.State(*values, t=self._step_count(gradient))
+        update, new_state = features.step(actor, gradient, state, self.policy.feature_config)
+        # In float64 ‖g‖² cannot overflow: it is finite exactly when every value of g is, and
+        # one reduction serves both the check and the statistics.
+        gradient_sq = _sum_of_squares(gradient)
+        finite = tf.math.is_finite(gradient_sq)
+        # Selects, not a tf.cond: XLA runs a conditional's branches on one thread.
+        update = tf.where(finite, update, tf.zeros_like(update))
+        new_values = [tf.where(finite, new, old) for new, old in zip(new_state, values)]
+        statistics = tf.stack([_estimated_sum_of_squares(update), gradient_sq])
+        self.statistics.assign_add(tf.where(finite, statistics, tf.zeros_like(statistics)))
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        return update, new_values
+
+    def _step_count(self, gradient) -> tf.Tensor:
+        """State's t: the optimizer's step count for every coordinate, as in Keras' Adam.
+
+        Broadcast to the gradient's shape, so the ops (pow, log) are the environment's exactly;
+        XLA folds the broadcast away.
+        """
+        return tf.fill(tf.shape(gradient), tf.cast(self.iterations, gradient.dtype))
+
+    def last_step_statistics(self) -> dict[str, float]:
+        """The last step's update/gradient norm ratio and norms, mean log_lr, skipped steps.
+
+        Norms are over the variables the last step updated; mean log_lr is over all coordinates
+        now; skipped steps are counted since the start. `{}` before the first step.
+        """
+        if not getattr(self, "_built", False):
+            return {}
+        update_sq, gradient_sq = (float(x) for x in self.statistics.numpy())
+        log_lrs = [slots[_SLOTS.index("log_lr")] for slots in self._slots]
+        coordinates = sum(int(np.prod(v.shape)) for v in log_lrs)
+        return {
+            "update_gradient_ratio": float(np.sqrt(update_sq / gradient_sq)) if gradient_sq
+            else 0.0,
+            "update_norm": float(np.sqrt(update_sq)),
+            "gradient_norm": float(np.sqrt(gradient_sq)),
+            "mean_log_lr": float(sum(tf.reduce_sum(v).numpy() for v in log_lrs)
+                                 / max(coordinates, 1)),
+            "skipped_steps": float(self.skipped_steps.numpy()),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(policy=policy_to_config(self.policy), jit_compile=self.jit_update)
+        return config
+
+
+def _sum_of_squares(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.square(tf.cast(x, tf.float64)))
+
+
+def _estimated_sum_of_squares(x: tf.Tensor) -> tf.Tensor:
+    # Exact would cost a pass over the update as long as the rest of the monitoring together.
+    size = x.shape.num_elements()
+    if size is None or size <= UPDATE_SAMPLE:
+        return _sum_of_squares(x)
+    sample = tf.reshape(x, [-1])[::size // UPDATE_SAMPLE]
+    return _sum_of_squares(sample) * (size / sample.shape[0])

@@ -1,0 +1,94 @@
+"""`RemoteOptimizer`: the learned optimizer for any framework, one request per step.
+
+The framework keeps its parameters; this object keeps each coordinate's optimizer state (zeros
+at first) and turns a dict of gradients into a dict of updates:
+
+    optimizer = RemoteOptimizer(PolicyClient("127.0.0.1:8500"))
+    for batch in data:
+        grads = compute_gradients(params, batch)          # {name: np.ndarray}
+        optimizer.apply(params, grads)                    # params[k] += updates[k]
+
+All parameters travel as one flat block (the client splits it into requests), so a step costs
+one round trip however many arrays the model has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Protocol
+
+import numpy as np
+
+
+class Stepper(Protocol):
+    """What `RemoteOptimizer` needs: `PolicyClient`, or anything stepping flat blocks."""
+
+    state_size: int
+
+    def step(self, gradient: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
+class RemoteOptimizer:
+    """Per-coordinate learned optimizer over a dict of numpy arrays; the state stays here.
+
+    Args:
+      client: a `PolicyClient` (or any `Stepper`).
+    """
+
+    def __init__(self, client: Stepper):
+        self.client = client
+        self._layout: tuple[tuple[str, tuple[int, ...]], ...] = ()
+        self._state = np.zeros((0, 0), np.float32)
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """Each parameter's state, shape `param.shape + (S,)` (views; copy to checkpoint)."""
+        return dict(self._split(self._state))
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restores what `state` returned (parameters not in it start from zeros)."""
+        self._layout = tuple((k, tuple(np.shape(v)[:-1])) for k, v in state.items())
+        size = self.client.state_size
+        self._state = np.concatenate([np.asarray(v, np.float32).reshape(-1, size)
+                                      for v in state.values()]) if state else self._state[:0]
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Updates (same keys, shapes and dtypes as `grads`) to add to the parameters."""
+        layout = tuple((k, np.shape(g)) for k, g in grads.items())
+        if layout != self._layout:
+            self._relayout(layout)
+        flat = np.concatenate([np.ravel(g).astype(np.float32, copy=False)
+                               for g in grads.values()]) if grads else np.zeros(0, np.float32)
+        update, self._state = self.client.step(flat, self._state)
+        return {k: u.astype(np.asarray(grads[k]).dtype, copy=False)
+                for k, u in self._split(update)}
+
+    def apply(self, params: MutableMapping[str, np.ndarray],
+              grads: Mapping[str, np.ndarray]) -> None:
+        """`params[k] += update[k]` for each gradient, in place."""
+        for k, update in self.step(grads).items():
+            params[k] += update
+
+    def _split(self, flat: np.ndarray):
+        offset = 0
+        for name, shape in self._layout:
+            size = int(np.prod(shape, dtype=np.int64))
+            yield name, flat[offset:offset + size].reshape(shape + flat.shape[1:])
+            offset += size
+
+    def _relayout(self, layout) -> None:
+        # New parameters start from zeros; known ones keep their state, in the new order.
+        old = self.state
+        shapes = dict(layout)
+        for name, values in old.items():
+            if name in shapes and values.shape[:-1] != shapes[name]:
+                raise ValueError(f"parameter {name!r} changed shape from {values.shape[:-1]} to "
+                                 f"{shapes[name]}; its optimizer state does not fit any more")
+        size = self.client.state_size
+        self._layout = layout
+        self._state = np.zeros((sum(int(np.prod(s, dtype=np.int64)) for _, s in layout), size),
+                               np.float32)
+        for name, values in self._split(self._state):
+            if name in old:
+                values[...] = old[name]

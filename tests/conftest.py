@@ -1,0 +1,137 @@
+"""Shared fixtures: small, named for what they give; each stage's block below its header."""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import types
+
+import pytest
+
+# --- serving: rl_optimizer/serving (issue 6) ------------------------------------------------
+
+SERVING_BACKENDS = ("rl-optimizer serve", "tensorflow_model_server")
+
+
+@pytest.fixture(scope="session")
+def serving_policies():
+    """Two different random policies: a server's version 1 and the one hot-reloaded over it.
+
+    The first one's output layer is scaled down: small actions keep a training run stable (a
+    raw random actor drives log_lr to its bound and training chaotic, which amplifies round-off
+    and would make "remote equals in-process" a test of chaos).
+    """
+    from rl_optimizer import LearnedPolicy
+
+    raw = LearnedPolicy.random(seed=0)
+    kernels = [k.numpy() for k in raw.kernels]
+    kernels[-1] = kernels[-1] * 0.1
+    tame = LearnedPolicy(kernels, [b.numpy() for b in raw.biases], raw.feature_config)
+    return tame, LearnedPolicy.random(seed=1)
+
+
+@pytest.fixture(scope="session")
+def serving_exports(tmp_path_factory, serving_policies) -> list[str]:
+    """Version directories of `serving_policies`, exported once, to copy into model dirs."""
+    from rl_optimizer import export_policy
+
+    root = tmp_path_factory.mktemp("serving_exports")
+    return [export_policy(p, str(root / str(i))) for i, p in enumerate(serving_policies)]
+
+
+def _install_version(version_dir: str, model_dir: str, version: int,
+                     name: str = "rl_optimizer") -> str:
+    """Copies a version in as `<model_dir>/<name>/<version>`, atomically (copy, then rename)."""
+    target = os.path.join(model_dir, name, str(version))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copytree(version_dir, target + ".partial")
+    os.rename(target + ".partial", target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def serving_install():
+    """`install(version_dir, model_dir, version)`: a new version appears atomically."""
+    return _install_version
+
+
+@pytest.fixture(scope="module", params=SERVING_BACKENDS)
+def serving_backend(request) -> str:
+    """Our server, and stock TF Serving where its binary is installed."""
+    if request.param == "tensorflow_model_server" and shutil.which(request.param) is None:
+        pytest.skip("tensorflow_model_server not on PATH")
+    return request.param
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _running_server(backend: str, model_dir: str, **options):
+    """Yields `host:port` of a server on loopback over `model_dir`; options: ours only."""
+    from rl_optimizer.serving import PolicyClient, PolicyServer
+
+    if backend == "rl-optimizer serve":
+        server = PolicyServer(model_dir, port=0, poll_seconds=0.1, **options).start()
+        try:
+            yield server.target
+        finally:
+            server.stop(grace=0)
+        return
+    port = _free_port()
+    with open(model_dir.rstrip("/") + ".log", "wb") as log:
+        process = subprocess.Popen(
+            ["tensorflow_model_server", f"--port={port}", "--rest_api_port=0",
+             "--model_name=rl_optimizer", f"--model_base_path={model_dir}/rl_optimizer",
+             "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with PolicyClient(f"127.0.0.1:{port}") as client:
+            client.wait_until_available(timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+SERVING_MAX_MESSAGE_BYTES = 8 << 20
+"""Our test servers' request limit: 8 MiB, so a 1M-coordinate step (16 MB) is oversized."""
+
+
+@pytest.fixture(scope="module")
+def policy_server(serving_backend, serving_exports, tmp_path_factory):
+    """A server (`.target`, `.backend`, `.model_dir`) serving `serving_policies[0]` as version 1."""
+    model_dir = str(tmp_path_factory.mktemp("served_models"))
+    _install_version(serving_exports[0], model_dir, 1)
+    with _running_server(serving_backend, model_dir,
+                         **({} if serving_backend != SERVING_BACKENDS[0] else
+                            {"max_message_bytes": SERVING_MAX_MESSAGE_BYTES})) as target:
+        yield types.SimpleNamespace(target=target, backend=serving_backend, model_dir=model_dir)
+
+
+@pytest.fixture
+def start_policy_server(serving_backend):
+    """`start(model_dir, **our_options) -> target`: a server of its own, stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda model_dir, **options: stack.enter_context(
+            _running_server(serving_backend, str(model_dir), **options))
+
+
+# --- keras optimizer: rl_optimizer/keras_optimizer.py (issue 5) -----------------------------
+
+
+@pytest.fixture(scope="session")
+def exported_policy(tmp_path_factory) -> str:
+    """Version directory of `LearnedPolicy.random(hidden=(16,), seed=0)`, exported once."""
+    from rl_optimizer import LearnedPolicy, export_policy
+
+    root = tmp_path_factory.mktemp("exported_policy")
+    return export_policy(LearnedPolicy.random(hidden=(16,), seed=0), str(root))

@@ -1,0 +1,80 @@
+"""OptimizationEnv: the TF-Agents contract, rewards, and agreement with the features module."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_agents.environments import tf_py_environment, utils
+
+from rl_optimizer import features
+from rl_optimizer.config import EnvironmentConfig, FamilySpec
+from rl_optimizer.environment import OptimizationEnv
+
+
+def _env(horizon=5, **kwargs):
+    mix = (FamilySpec("quadratic", 2, {"dim": 3}), FamilySpec("rosenbrock", 1, {"dim": 2}))
+    return OptimizationEnv(EnvironmentConfig(mix=mix, horizon=horizon, **kwargs))
+
+
+def test_validate_py_environment():
+    env = _env()
+    assert env.batch_size == 2 * 3 + 2
+    utils.validate_py_environment(env, episodes=3)
+
+
+def test_tf_py_environment_wraps_it():
+    tf_env = tf_py_environment.TFPyEnvironment(_env())
+    step = tf_env.reset()
+    assert step.observation.shape == (8, features.OBSERVATION_SIZE)
+    step = tf_env.step(tf.zeros([8]))
+    assert step.reward.shape == (8,)
+
+
+def test_episode_ends_by_truncation_and_auto_resets():
+    env = _env(horizon=3)
+    env.reset()
+    for _ in range(3):
+        step = env.step(np.zeros(8, np.float32))
+    assert step.is_last().all()
+    np.testing.assert_array_equal(step.discount, np.ones(8))  # truncation, not termination
+    assert env.step(np.zeros(8, np.float32)).is_first().all()
+
+
+def test_rewards_sum_to_log_gap_decrease_and_are_shared_per_instance():
+    env = _env(horizon=20, reward_clip=100.0)
+    env.reset()
+    total = np.zeros(8)
+    for _ in range(20):
+        step = env.step(np.zeros(8, np.float32))
+        total += step.reward
+    batch = env.objective_batch
+    gap = np.maximum(batch.normalized_gap(env.values), env.config.gap_floor)
+    np.testing.assert_allclose(total, -np.log(gap)[batch.instance_of_coordinate], rtol=1e-4)
+    assert len(set(np.round(total[:3], 5))) == 1  # one instance, one reward
+
+
+def test_zero_action_follows_features_module():
+    """The environment's trajectory is the features module's Adam, step for step."""
+    env = _env(horizon=10)
+    env.reset()
+    batch = env.objective_batch
+    x, state = batch.initial_point(), features.init_state([batch.size])
+    for _ in range(10):
+        _, g = batch.value_and_grad(x)
+        update, state = features.apply_action(tf.zeros([batch.size]), tf.constant(g, tf.float32),
+                                              state, env.feature_config)
+        x = x + update.numpy()
+        env.step(np.zeros(batch.size, np.float32))
+    np.testing.assert_allclose(env.point, x, rtol=1e-6)
+
+
+def test_deterministic_given_seed():
+    a, b = _env(seed=3), _env(seed=3)
+    for _ in range(2):
+        a.reset(), b.reset()
+        np.testing.assert_array_equal(a.objective_batch.initial_point(),
+                                      b.objective_batch.initial_point())
+
+
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match="unknown objective family 'nope'"):
+        OptimizationEnv(EnvironmentConfig(mix=(FamilySpec("nope"),)))

@@ -1,0 +1,96 @@
+"""The features contract: shapes, Adam equivalence of the zero action, bounds, robustness."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rl_optimizer import features
+from rl_optimizer.features import FeatureConfig
+
+
+def _zero_actor(observation):
+    return tf.zeros(tf.shape(observation)[:-1], observation.dtype)
+
+
+def test_zero_action_is_keras_adam():
+    config = FeatureConfig(learning_rate=0.05, epsilon=1e-12)
+    rng = np.random.default_rng(0)
+    var = tf.Variable(rng.normal(size=7).astype(np.float32))
+    adam = tf.keras.optimizers.Adam(0.05, epsilon=1e-12)
+    x, state = var.numpy().copy(), features.init_state([7])
+    for _ in range(20):
+        g = rng.normal(size=7).astype(np.float32)
+        adam.apply_gradients([(tf.constant(g), var)])
+        update, state = features.step(_zero_actor, tf.constant(g), state, config)
+        x = x + update.numpy()
+    np.testing.assert_allclose(x, var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (3, 4), (2, 3, 2)])
+def test_any_shape(shape):
+    g = tf.ones(shape)
+    state = features.init_state(shape)
+    obs = features.observation(g, state, FeatureConfig())
+    assert obs.shape == (*shape, features.OBSERVATION_SIZE)
+    update, new_state = features.step(_zero_actor, g, state, FeatureConfig())
+    assert update.shape == shape
+    assert all(s.shape == shape for s in new_state)
+
+
+def test_pack_unpack_round_trip():
+    state = features.State(*(tf.fill([3], float(i)) for i in range(features.STATE_SIZE)))
+    packed = features.pack(state)
+    assert packed.shape == (3, features.STATE_SIZE)
+    for a, b in zip(features.unpack(packed), state):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_observation_matches_step():
+    """`observation` + `apply_action` (the environment's path) equals `step` (the optimizer's)."""
+    config = FeatureConfig()
+    rng = np.random.default_rng(1)
+    state = features.init_state([6])
+    actor = lambda obs: tf.tanh(tf.reduce_sum(obs, -1))  # noqa: E731
+    for _ in range(5):
+        g = tf.constant(rng.normal(size=6).astype(np.float32))
+        action = actor(features.observation(g, state, config))
+        split = features.apply_action(action, g, state, config)
+        fused = features.step(actor, g, state, config)
+        np.testing.assert_array_equal(split[0], fused[0])
+        state = fused[1]
+
+
+def test_update_is_bounded():
+    config = FeatureConfig()
+    state = features.init_state([4])
+    g = tf.constant([1e30, -1e-30, 3.0, 0.0])
+    for _ in range(100):
+        update, state = features.step(lambda o: tf.ones(tf.shape(o)[:-1]), g, state, config)
+        assert np.all(np.abs(update) <= config.max_update * (1 + 1e-6))
+    assert np.all(state.log_lr <= config.log_lr_max)
+
+
+def test_non_finite_gradient_leaves_coordinate_unchanged():
+    config = FeatureConfig()
+    state = features.State(*(tf.fill([3], 0.5) for _ in range(features.STATE_SIZE)))
+    g = tf.constant([np.nan, np.inf, 1.0])
+    obs = features.observation(g, state, config)
+    assert np.all(np.isfinite(obs))
+    update, new_state = features.step(lambda o: tf.zeros(tf.shape(o)[:-1]), g, state, config)
+    np.testing.assert_array_equal(update[:2], [0.0, 0.0])
+    for new, old in zip(new_state, state):
+        np.testing.assert_array_equal(new[:2], old[:2])
+    assert update[2] != 0.0
+
+
+def test_zero_gradient_takes_no_step():
+    update, _ = features.step(_zero_actor, tf.zeros([3]), features.init_state([3]),
+                              FeatureConfig())
+    np.testing.assert_array_equal(update, np.zeros(3))
+
+
+@pytest.mark.parametrize("field,value", [("beta1", 1.0), ("learning_rate", 0.0),
+                                         ("log_lr_min", 0.0), ("clip", -1.0)])
+def test_bad_config_names_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        FeatureConfig(**{field: value})
