@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
-RUN_DIR ?= runs/default
+STAMP := $(shell date +%Y%m%d-%H%M%S)
+RUN_DIR ?= runs/default-$(STAMP)
+EVAL_INSTANCES ?= 40
 
 .PHONY: run test lint venv clean
 
@@ -26,8 +28,13 @@ $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Trains the default policy from scratch, then evaluates it on held-out test instances against
+# the tuned baselines (the quality bar's families and the multimodal ones).
 run: venv
 	$(BIN)/rl-optimizer train --config $(CONFIG) --run-dir $(RUN_DIR)
+	$(BIN)/rl-optimizer evaluate --policy $(RUN_DIR) --instances $(EVAL_INSTANCES) \
+	  --out $(RUN_DIR)/evaluation
+	@echo "run directory: $(RUN_DIR)  (policy: $(RUN_DIR)/export, report: $(RUN_DIR)/evaluation/report.md)"
 
 lint: venv
 	$(BIN)/ruff check rl_optimizer tests examples

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -185,7 +186,8 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     run.save()
     wall = time.time() - start
     policy = best.policy() or agent_lib.policy_from_actor(run.agent, config)
-    policy.metadata.update(config=to_dict(config), iterations=int(run.iteration.numpy()),
+    policy.metadata.update(config=to_dict(config), seed=config.training.seed,
+                           commit=_source_commit(), iterations=int(run.iteration.numpy()),
                            train_seconds=round(wall, 1))
     export_path = export_policy(policy, os.path.join(run_dir, "export"))
     result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall,
@@ -194,6 +196,16 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     _atomic_write(os.path.join(run_dir, "summary.json"),
                   json.dumps(dataclasses.asdict(result), indent=2, default=float))
     return result
+
+
+def _source_commit() -> str | None:
+    """The git commit of the code that trained the policy, when it runs from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _initial_collect(run: _Run, steps: int) -> None:
