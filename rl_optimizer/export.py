@@ -105,11 +105,32 @@ def add_arguments(parser) -> None:
                         help="'default' (the shipped policy), a run directory or an export")
     parser.add_argument("--model-dir", required=True, help="TF Serving model base directory")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name (subdirectory)")
+    parser.add_argument("--evaluation", default=None, metavar="DIR",
+                        help="an `rl-optimizer evaluate` output directory: its summary.json "
+                             "goes into <model-dir>/manifest.json with the policy's metadata")
+
+
+def write_manifest(policy: LearnedPolicy, model_dir: str, evaluation_dir: str | None) -> str:
+    """`<model_dir>/manifest.json`: config, seed, commit, training time, evaluation summary."""
+    manifest = dict(policy.metadata)
+    if evaluation_dir is not None:
+        with open(os.path.join(evaluation_dir, "summary.json")) as f:
+            manifest["test_evaluation"] = json.load(f)
+    path = os.path.join(model_dir, "manifest.json")
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(f"{path}.tmp", path)
+    return path
 
 
 def run_command(args) -> int:
     from rl_optimizer.policy import load_policy
 
-    path = export_policy(load_policy(args.policy), args.model_dir, args.name)
+    if args.evaluation and not os.path.isfile(os.path.join(args.evaluation, "summary.json")):
+        raise ValueError(f"--evaluation {args.evaluation!r} has no summary.json")
+    policy = load_policy(args.policy)
+    path = export_policy(policy, args.model_dir, args.name)
     print(f"exported {args.policy} to {path}")
+    if args.evaluation:
+        print(f"manifest: {write_manifest(policy, args.model_dir, args.evaluation)}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import platform
 from collections.abc import Sequence
@@ -319,8 +320,11 @@ def write_report(results: EvaluationResults, out_dir: str, command: str | None =
                  tensorboard: bool = True) -> dict[str, str | list[str]]:
     """report.md, results.csv, the PNG plots and TensorBoard events (under `out_dir`/tensorboard).
 
+    Also summary.json: the quality bar and the headline scalars, for tools (the pretrained
+    policy's manifest quotes it).
+
     Returns:
-      {"report": path, "csv": path, "plots": [paths], "tensorboard": dir}.
+      {"report": path, "csv": path, "summary": path, "plots": [paths], "tensorboard": dir}.
     """
     os.makedirs(out_dir, exist_ok=True)
     plots = save_plots(results, out_dir)
@@ -329,7 +333,11 @@ def write_report(results: EvaluationResults, out_dir: str, command: str | None =
         f.write(render_report(results, command))
     path = os.path.join(out_dir, "results.csv")
     write_csv(results, path)
-    paths = {"report": report, "csv": path, "plots": plots}
+    summary = os.path.join(out_dir, "summary.json")
+    with open(summary, "w") as f:
+        json.dump({"quality_bar": results.quality_bar(), "scalars": scalars(results),
+                   "command": command}, f, indent=2, sort_keys=True, default=float)
+    paths = {"report": report, "csv": path, "summary": summary, "plots": plots}
     if tensorboard:
         paths["tensorboard"] = os.path.join(out_dir, TENSORBOARD_DIR)
         write_tensorboard(results, paths["tensorboard"], images=plots)
