@@ -60,7 +60,9 @@ class _Run:
 
     def __init__(self, config: Config, run_dir: str):
         self.config = config
-        tf.random.set_seed(config.training.seed)
+        # Also seeds Python's `random`: Keras initializers without a seed (tf_agents' actor and
+        # critic output layers) draw theirs from it, which tf.random.set_seed leaves alone.
+        tf.keras.utils.set_random_seed(config.training.seed)
         self.py_env = OptimizationEnv(config.environment, config.features)
         self.env = tf_py_environment.TFPyEnvironment(self.py_env)
         self.global_step = tf.Variable(0, dtype=tf.int64, name="global_step")
@@ -85,8 +87,10 @@ class _Run:
 
     def dataset_iterator(self):
         t = self.config.training
-        dataset = self.replay.as_dataset(sample_batch_size=t.batch_size, num_steps=2,
-                                         num_parallel_calls=2).prefetch(4)
+        # One sampling call at a time: parallel calls share the sampler's random state in thread
+        # order, so runs would not repeat (and measured no faster).
+        dataset = self.replay.as_dataset(sample_batch_size=t.batch_size,
+                                         num_steps=2).prefetch(4)
         return iter(dataset)
 
     def save(self):

@@ -135,3 +135,29 @@ def exported_policy(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("exported_policy")
     return export_policy(LearnedPolicy.random(hidden=(16,), seed=0), str(root))
+
+
+# --- training: rl_optimizer/train.py, agent.py (issue 3) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smoke_config_path() -> str:
+    """configs/smoke.yaml: a run that trains in seconds."""
+    from rl_optimizer.config import CONFIG_DIR
+
+    return os.path.join(CONFIG_DIR, "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_config_path):
+    """A finished smoke run, trained once: `.config`, `.run_dir`, `.result` (a TrainResult).
+
+    Read it, never write to it: tests that change a run work on a copy or a run of their own.
+    """
+    from rl_optimizer.config import load_config
+    from rl_optimizer.train import train
+
+    config = load_config(smoke_config_path)
+    run_dir = str(tmp_path_factory.mktemp("smoke_run") / "run")
+    result = train(config, run_dir, progress=False)
+    return types.SimpleNamespace(config=config, run_dir=run_dir, result=result)
