@@ -175,7 +175,7 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
                 if (every and it % every == 0) or it == t.iterations:
                     policy = agent_lib.policy_from_actor(run.agent, config)
                     evaluation = evaluate_fn(policy, it, writer)
-                    score = selection_score(evaluation, e.instances * len(e.families))
+                    score = selection_score(evaluation)
                     best.offer(policy, score, it, evaluation)
                     stats.update(score=score, best=best.score)
                 if it % t.checkpoint_every == 0:
@@ -225,9 +225,13 @@ def _iterate(run: _Run, iterator):
     return losses
 
 
-def selection_score(evaluation: dict, runs: int) -> float:
-    """Win rate against tuned Adam minus the fraction of runs that diverged (higher is better)."""
-    return float(evaluation["win_rate_vs_adam"]) - float(evaluation["divergences"]) / runs
+def selection_score(evaluation: dict) -> float:
+    """Win rate against tuned Adam, minus one per diverged run (higher is better).
+
+    A win rate is at most 1, so any policy with a divergence ranks below every policy without
+    one: the quality bar allows none.
+    """
+    return float(evaluation["win_rate_vs_adam"]) - float(evaluation["divergences"])
 
 
 class _BestPolicy:
