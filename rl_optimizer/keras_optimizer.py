@@ -64,13 +64,18 @@ def policy_from_config(config: dict) -> LearnedPolicy:
 
 @tf.keras.saving.register_keras_serializable(package="rl_optimizer")
 class LearnedOptimizer(tf.keras.optimizers.Optimizer):
-    """A trained `LearnedPolicy` as a Keras optimizer; it has no learning rate of its own.
+    """A trained `LearnedPolicy` as a Keras optimizer.
 
     Args:
       policy: "default" (the shipped policy), the path of an exported policy (a version
         directory, or a model directory whose highest version is used), a `LearnedPolicy`, or
         the dict `policy_to_config` makes (what `get_config` stores, so a saved model reloads
         without the export).
+      learning_rate: optional base step size replacing the policy's own
+        (`feature_config.learning_rate`, what the zero action steps). The policy's features are
+        scale-free, so this runs the same policy as if the parameters were measured in other
+        units: the one knob to tune, like Adam's learning rate, on models whose scale is far
+        from the training problems'. None keeps the policy's.
       name: name of the optimizer, the prefix of its slot variables.
       jit_compile: compile each dense variable's update with XLA, also on CPU (Keras' own
         optimizers use XLA only on GPU); the learned update is some 40 elementwise ops and a tiny
@@ -85,21 +90,28 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
     """
 
     def __init__(self, policy: str | os.PathLike | LearnedPolicy | dict = "default",
-                 name: str = "LearnedOptimizer", jit_compile: bool = True,
-                 weight_decay: float | None = None, **kwargs):
+                 learning_rate: float | None = None, name: str = "LearnedOptimizer",
+                 jit_compile: bool = True, weight_decay: float | None = None, **kwargs):
         # Keras' `jit_compile` wraps every update, sparse ones too; ours compiles dense ones only.
         super().__init__(name=name, jit_compile=False, weight_decay=weight_decay, **kwargs)
-        self._set_policy(policy_from_config(policy) if isinstance(policy, dict)
-                         else load_policy(policy))
+        policy = policy_from_config(policy) if isinstance(policy, dict) else load_policy(policy)
+        if learning_rate is not None:
+            if not learning_rate > 0:
+                raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+            policy = LearnedPolicy(
+                [k.numpy() for k in policy.kernels], [b.numpy() for b in policy.biases],
+                dataclasses.replace(policy.feature_config, learning_rate=float(learning_rate)),
+                metadata=policy.metadata)
+        self._set_policy(policy)
         self.jit_update = bool(jit_compile)
         # No schedule: the step size is the policy's, see `learning_rate`.
         self._learning_rate = None
 
     @property
     def learning_rate(self) -> float:
-        """The policy's step size at log_lr = 0 (`feature_config.learning_rate`); read-only.
+        """The base step size at log_lr = 0 (`feature_config.learning_rate`); read-only.
 
-        The policy was trained with it, so it is no hyperparameter; `weight_decay` scales by it.
+        Set it through the constructor's `learning_rate`; `weight_decay` scales by it.
         """
         return self.policy.feature_config.learning_rate
 

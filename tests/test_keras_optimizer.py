@@ -269,3 +269,23 @@ def test_monitor_writes_optimizer_statistics(exported_policy, tmp_path):
     assert os.path.isdir(os.path.join(log_dir, "train"))
     statistics = model.optimizer.last_step_statistics()
     assert 0 < statistics["update_gradient_ratio"] < np.inf
+
+
+def test_learning_rate_rescales_the_policy_base_step(exported_policy):
+    """learning_rate replaces the base step; with it, the update is features.step's with it."""
+    import dataclasses
+
+    policy = load_policy(exported_policy)
+    optimizer = LearnedOptimizer(policy=exported_policy, learning_rate=0.004)
+    assert optimizer.learning_rate == pytest.approx(0.004)
+    restored = LearnedOptimizer.from_config(optimizer.get_config())
+    assert restored.learning_rate == pytest.approx(0.004)
+    var = tf.Variable([0.5, -1.0, 2.0])
+    grad = tf.constant([0.3, -0.2, 0.1])
+    optimizer.apply_gradients([(grad, var)])
+    config = dataclasses.replace(policy.feature_config, learning_rate=0.004)
+    update, _ = features.step(policy.actor, grad, features.init_state([3]), config)
+    np.testing.assert_allclose(var.numpy(), np.array([0.5, -1.0, 2.0]) + update.numpy(),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate"):
+        LearnedOptimizer(policy=exported_policy, learning_rate=0.0)

@@ -63,15 +63,21 @@ def train(task: str, optimizer: tf.keras.optimizers.Optimizer, epochs: int, seed
             "test_accuracy": [float(v) for v in history.history["val_accuracy"]]}
 
 
-def tune_adam(task: str, epochs: int, grid: Sequence[float] = ADAM_GRID, seed: int = 1,
-              data=None) -> tuple[float, dict[float, float]]:
-    """(best learning rate, lr → final training loss), from initialisation seed `seed`."""
-    losses = {lr: train(task, tf.keras.optimizers.Adam(lr), epochs, seed, data)["loss"][-1]
-              for lr in grid}
+def tune(task: str, make_optimizer, epochs: int, grid: Sequence[float] = ADAM_GRID,
+         seed: int = 1, data=None) -> tuple[float, dict[float, float]]:
+    """(best learning rate, lr → final training loss) of `make_optimizer(lr)`, from
+    initialisation seed `seed`."""
+    losses = {lr: train(task, make_optimizer(lr), epochs, seed, data)["loss"][-1] for lr in grid}
     finite = {lr: loss for lr, loss in losses.items() if np.isfinite(loss)}
     if not finite:
-        raise RuntimeError(f"Adam diverged at every learning rate of {list(grid)} on {task}")
+        raise RuntimeError(f"diverged at every learning rate of {list(grid)} on {task}")
     return min(finite, key=finite.get), losses
+
+
+def tune_adam(task: str, epochs: int, grid: Sequence[float] = ADAM_GRID, seed: int = 1,
+              data=None) -> tuple[float, dict[float, float]]:
+    """(best learning rate, lr → final training loss) of Adam, from initialisation `seed`."""
+    return tune(task, tf.keras.optimizers.Adam, epochs, grid, seed, data)
 
 
 def learned_optimizer_class():
@@ -87,10 +93,14 @@ def run_keras_tasks(policy, tasks: Sequence[str] = TASKS, epochs: int = 20,
                     grid: Sequence[float] = ADAM_GRID, seed: int = 0, progress=None) -> dict:
     """Learned optimizer vs tuned Adam on each task.
 
+    The learned optimizer runs as shipped (the policy's own base step size), and again with
+    its base step size (`LearnedOptimizer(learning_rate=...)`) tuned on the same grid and
+    criterion as Adam's.
+
     Returns:
       task → {"adam": {learning_rate, loss, test_accuracy, tuning}, "learned": {loss,
-      test_accuracy}, "epochs": epochs}; or {"skipped": reason} when the learned Keras
-      optimizer is unavailable.
+      test_accuracy}, "learned_tuned": {learning_rate, loss, test_accuracy, tuning},
+      "epochs": epochs}; or {"skipped": reason} when the learned Keras optimizer is unavailable.
     """
     for task in tasks:
         if task not in TASKS:
@@ -104,7 +114,15 @@ def run_keras_tasks(policy, tasks: Sequence[str] = TASKS, epochs: int = 20,
         lr, tuning = tune_adam(task, epochs, grid, seed=seed + 1, data=data)
         adam = train(task, tf.keras.optimizers.Adam(lr), epochs, seed, data)
         learned = train(task, optimizer_class(policy=policy), epochs, seed, data)
+
+        def make_learned(base_lr):
+            return optimizer_class(policy=policy, learning_rate=base_lr)
+
+        base_lr, base_tuning = tune(task, make_learned, epochs, grid, seed=seed + 1, data=data)
+        tuned = train(task, make_learned(base_lr), epochs, seed, data)
         results[task] = {"epochs": epochs, "learned": learned,
+                         "learned_tuned": {**tuned, "learning_rate": base_lr,
+                                           "tuning": base_tuning},
                          "adam": {**adam, "learning_rate": lr, "tuning": tuning}}
         if progress is not None:
             progress(1)
@@ -119,10 +137,10 @@ def keras_figure(results: dict):
     fig = Figure(figsize=(5 * len(tasks), 6.5))
     axes = fig.subplots(2, len(tasks), squeeze=False)
     for col, task in enumerate(tasks):
-        for name, style in (("learned", "-"), ("adam", "--")):
+        for name, style in (("learned", "-"), ("learned_tuned", "-."), ("adam", "--")):
             run = results[task][name]
             epochs = np.arange(1, len(run["loss"]) + 1)
-            label = name if name == "learned" else f"adam (lr={run['learning_rate']:g})"
+            label = name if name == "learned" else f"{name} (lr={run['learning_rate']:g})"
             axes[0, col].plot(epochs, run["loss"], style, label=label)
             axes[1, col].plot(epochs, run["test_accuracy"], style, label=label)
         axes[0, col].set(title=f"digits {task}", ylabel="training loss", yscale="log")

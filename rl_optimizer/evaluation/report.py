@@ -156,12 +156,15 @@ def keras_markdown(keras: dict) -> str:
         return f"## Keras models on digits\n\nSkipped: {keras['skipped']}\n"
     rows = [[task, name, f"{r['loss'][-1]:.4f}", f"{r['test_accuracy'][-1]:.3f}",
              f"{r['learning_rate']:g}" if "learning_rate" in r else "policy"]
-            for task, by in keras.items() for name, r in (("learned", by["learned"]),
-                                                           ("adam", by["adam"]))]
+            for task, by in keras.items()
+            for name, r in (("learned", by["learned"]), ("learned_tuned", by["learned_tuned"]),
+                            ("adam", by["adam"]))]
     epochs = next(iter(keras.values()))["epochs"]
     return "\n".join(["## Keras models on digits (model.fit)", "",
-                      f"{epochs} epochs, batch size 32, same initial weights; Adam's learning "
-                      "rate tuned on final training loss from another initialisation.", "",
+                      f"{epochs} epochs, batch size 32, same initial weights. Adam's learning "
+                      "rate, and for `learned_tuned` the learned optimizer's base step size "
+                      "(`LearnedOptimizer(learning_rate=...)`), tuned on final training loss "
+                      "from another initialisation; `learned` is the policy as shipped.", "",
                       _table(["model", "optimizer", "final training loss", "test accuracy",
                               "lr"], rows), "", "![keras](keras_digits.png)", ""])
 
