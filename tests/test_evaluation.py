@@ -187,6 +187,7 @@ def _evaluate_cli(argv):
 def _fake_keras_tasks(policy, epochs):
     run = {"loss": [1.0, 0.5], "test_accuracy": [0.5, 0.8]}
     return {"mlp": {"epochs": epochs, "learned": run,
+                    "learned_tuned": {**run, "learning_rate": 3e-3, "tuning": {}},
                     "adam": {**run, "learning_rate": 1e-3, "tuning": {}}}}
 
 
@@ -267,6 +268,7 @@ def test_keras_mlp_on_digits_learned_vs_tuned_adam():
                                          grid=[1e-3, 1e-2])
     mlp = result["mlp"]
     assert mlp["adam"]["learning_rate"] in (1e-3, 1e-2)
-    for name in ("learned", "adam"):
+    assert mlp["learned_tuned"]["learning_rate"] in (1e-3, 1e-2)
+    for name in ("learned", "learned_tuned", "adam"):
         assert len(mlp[name]["loss"]) == len(mlp[name]["test_accuracy"]) == 2
         assert 0.0 <= mlp[name]["test_accuracy"][-1] <= 1.0
