@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="default",
                         help="'default' (the shipped policy) or an exported policy's path")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="the learned optimizer's base step (default: the policy's own)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--log-dir", default=None, help="TensorBoard logs (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = tempfile.mkdtemp(prefix="keras_digits-")
     log_dir = args.log_dir or os.path.join(work_dir, "logs")
 
-    learned = train(build_model(), LearnedOptimizer(args.policy), data, args.epochs,
+    optimizer = LearnedOptimizer(args.policy, learning_rate=args.learning_rate)
+    learned = train(build_model(), optimizer, data, args.epochs,
                     [tf.keras.callbacks.TensorBoard(log_dir), OptimizerMonitor(log_dir)])
     print("optimizer:", learned.optimizer.last_step_statistics())
     path = os.path.join(work_dir, "digits.keras")

@@ -141,7 +141,6 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     `selection_score`); the training curve's last policy is exported only if none was scored.
     """
     config = prepare_run_dir(config, run_dir, resume)
-    np.random.seed(config.training.seed)
     run = _Run(config, run_dir)
     run.py_env.prefill_pool(progress=progress)
     if resume:
