@@ -63,6 +63,9 @@ class _Run:
         # Also seeds Python's `random`: Keras initializers without a seed (tf_agents' actor and
         # critic output layers) draw theirs from it, which tf.random.set_seed leaves alone.
         tf.keras.utils.set_random_seed(config.training.seed)
+        # Same seed, same run: multi-threaded CPU kernels (oneDNN, reductions) otherwise sum in
+        # thread order. Process-wide, as TensorFlow offers it.
+        tf.config.experimental.enable_op_determinism()
         self.py_env = OptimizationEnv(config.environment, config.features)
         self.env = tf_py_environment.TFPyEnvironment(self.py_env)
         self.global_step = tf.Variable(0, dtype=tf.int64, name="global_step")
@@ -87,10 +90,10 @@ class _Run:
 
     def dataset_iterator(self):
         t = self.config.training
-        # One sampling call at a time: parallel calls share the sampler's random state in thread
-        # order, so runs would not repeat (and measured no faster).
-        dataset = self.replay.as_dataset(sample_batch_size=t.batch_size,
-                                         num_steps=2).prefetch(4)
+        # One sampling call at a time, when asked for: parallel calls share the sampler's random
+        # state in thread order, and a prefetch would sample while the driver adds data, so
+        # what it sees would depend on thread timing. Either way runs would not repeat.
+        dataset = self.replay.as_dataset(sample_batch_size=t.batch_size, num_steps=2)
         return iter(dataset)
 
     def save(self):
@@ -156,7 +159,7 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     if run.replay.num_frames() == 0:
         _initial_collect(run, t.initial_collect_steps)
     iterator = run.dataset_iterator()
-    evaluation, interrupted = {}, False
+    evaluation, last_eval, interrupted = {}, {}, False
     bar = tqdm(total=t.iterations, initial=int(run.iteration.numpy()), disable=not progress,
                desc="train", unit="it", dynamic_ncols=True)
     try:
@@ -176,10 +179,12 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
                     evaluation = evaluate_fn(policy, it, writer)
                     score = selection_score(evaluation)
                     best.offer(policy, score, it, evaluation)
-                    stats.update(score=score, best=best.score)
+                    last_eval = {"win_rate": evaluation["win_rate_vs_adam"], "best": best.score}
                 if it % t.checkpoint_every == 0:
                     run.save()
-                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+                # The last evaluation stays on the bar until the next one.
+                bar.set_postfix({k: f"{v:.3g}" for k, v in {**stats, **last_eval}.items()},
+                                refresh=False)
                 bar.update(1)
     except KeyboardInterrupt:
         interrupted = True
