@@ -62,6 +62,14 @@ class _ServingModule(tf.Module):
         return {ACTION: self.policy.actor(observation)}
 
 
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes `path` through a temporary file and a rename: readers see old or new, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def next_version(model_path: str) -> int:
     """One more than the highest integer version under `model_path` (1 for a new model)."""
     if not os.path.isdir(model_path):
@@ -117,9 +125,7 @@ def write_manifest(policy: LearnedPolicy, model_dir: str, evaluation_dir: str | 
         with open(os.path.join(evaluation_dir, "summary.json")) as f:
             manifest["test_evaluation"] = json.load(f)
     path = os.path.join(model_dir, "manifest.json")
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
+    write_text_atomically(path, json.dumps(manifest, indent=2, sort_keys=True))
     return path
 
 

@@ -38,7 +38,7 @@ from rl_optimizer import agent as agent_lib
 from rl_optimizer.config import Config, load_config, to_dict
 from rl_optimizer.environment import OptimizationEnv
 from rl_optimizer.evaluation import PeriodicValidation
-from rl_optimizer.export import export_policy
+from rl_optimizer.export import export_policy, write_text_atomically
 from rl_optimizer.policy import load_policy
 
 
@@ -98,19 +98,12 @@ class _Run:
 
     def save(self):
         self.checkpointer.save(self.global_step)
-        _atomic_write(self.sampler_state_path, json.dumps(self.py_env.get_state()))
+        write_text_atomically(self.sampler_state_path, json.dumps(self.py_env.get_state()))
 
     def restore_sampler(self):
         if os.path.isfile(self.sampler_state_path):
             with open(self.sampler_state_path) as f:
                 self.py_env.set_state(json.load(f))
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def prepare_run_dir(config: Config, run_dir: str, resume: bool) -> Config:
@@ -124,7 +117,7 @@ def prepare_run_dir(config: Config, run_dir: str, resume: bool) -> Config:
         raise ValueError(f"run directory {run_dir!r} already holds a run; pass --resume to "
                          "continue it or choose a new --run-dir")
     os.makedirs(run_dir, exist_ok=True)
-    _atomic_write(config_path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomically(config_path, yaml.safe_dump(to_dict(config), sort_keys=False))
     return config
 
 
@@ -201,7 +194,7 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall,
                          policy.metadata.get("validation", evaluation), interrupted,
                          best.iteration)
-    _atomic_write(os.path.join(run_dir, "summary.json"),
+    write_text_atomically(os.path.join(run_dir, "summary.json"),
                   json.dumps(dataclasses.asdict(result), indent=2, default=float))
     return result
 
