@@ -45,9 +45,17 @@ class EnvironmentConfig:
     mix: tuple[FamilySpec, ...] = (FamilySpec("quadratic", 8),)
     """Families an episode samples; the batch is all their coordinates."""
     horizon: int = 200
-    """Optimizer steps per episode."""
-    gap_floor: float = 1e-6
-    """Normalized gap below which further progress earns no reward (the reward's ceiling)."""
+    """Optimizer steps per episode (the shortest, when `max_horizon` is larger)."""
+    max_horizon: int = 0
+    """Longest episode: lengths are log-uniform in [horizon, max_horizon] (<= horizon: fixed)."""
+    gap_floor: float = 1e-8
+    """Normalized gap at which the reward's logarithm stops (keeps it finite at a minimum)."""
+    rescale: float = 0.0
+    """Each instance's parameters are measured in units 10^u, u uniform in ±rescale."""
+    loss_rescale: float = 0.0
+    """Each instance's loss is multiplied by 10^u, u uniform in ±loss_rescale."""
+    initial_log_lr: float = 0.0
+    """Each instance's coordinates start at log step size uniform in ±initial_log_lr."""
     reward_clip: float = 2.0
     """Bound on the per-step reward, so one wild step cannot dominate the critic."""
     pool_size: int = 256
@@ -64,6 +72,11 @@ class EnvironmentConfig:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         if not 0 < self.gap_floor < 1:
             raise ValueError(f"gap_floor must be in (0, 1), got {self.gap_floor}")
+        if self.max_horizon < 0:
+            raise ValueError(f"max_horizon must be >= 0, got {self.max_horizon}")
+        for name in ("rescale", "loss_rescale", "initial_log_lr"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ValueError(f"{name} must be in [0, 10], got {getattr(self, name)}")
         if self.reward_clip <= 0:
             raise ValueError(f"reward_clip must be > 0, got {self.reward_clip}")
 
