@@ -214,8 +214,11 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
+        learning_rate = self._serialize_hyperparameter(self._learning_rate)
+        if not isinstance(learning_rate, dict):  # a schedule serializes to a dict
+            learning_rate = float(learning_rate)  # not numpy's float32: JSON must take it
         config.update(policy=policy_to_config(self.policy), jit_compile=self.jit_update,
-                      learning_rate=self._serialize_hyperparameter(self._learning_rate))
+                      learning_rate=learning_rate)
         return config
 
 

@@ -102,8 +102,8 @@ def test_four_slots_per_parameter(exported_policy):
     slot_size = sum(int(np.prod(v.shape)) for slots in optimizer._slots for v in slots)
     # m, v, log_lr, action; the step count t is the optimizer's
     assert slot_size == (features.STATE_SIZE - 1) * parameters
-    # Besides the slots: iterations, learning_rate, skipped_steps and the statistics vector.
-    assert len(optimizer.variables) == 4 + 4 * len(model.trainable_variables)
+    # Besides the slots: iterations, skipped_steps and the statistics vector.
+    assert len(optimizer.variables) == 3 + 4 * len(model.trainable_variables)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -229,9 +229,10 @@ def test_non_finite_gradient_skips_variable_and_is_counted(exported_policy, jit_
     optimizer.apply_gradients([(tf.constant([np.inf, 1.0, 1.0]), a), (tf.ones([2]), b)])
     assert optimizer.skipped_steps.numpy() == 2
     slots_a = [v.numpy() for v in optimizer._slots[0]]
-    for old, new in zip(before[:3] + [before[6]], slots_a + [a.numpy()]):
+    k = len(slots_a)  # slots per variable
+    for old, new in zip(before[:k] + [before[2 * k]], slots_a + [a.numpy()]):
         np.testing.assert_array_equal(old, new)  # a and its state: untouched
-    assert not np.array_equal(before[7], b.numpy())  # b: stepped as usual
+    assert not np.array_equal(before[2 * k + 1], b.numpy())  # b: stepped as usual
     statistics = optimizer.last_step_statistics()
     assert statistics["skipped_steps"] == 2 and np.isfinite(statistics["update_gradient_ratio"])
 
@@ -312,7 +313,7 @@ def test_learning_rate_schedule_drives_the_step(exported_policy):
         fixed.apply_gradients([(g[0], b)])
         deltas.append((a.numpy() - before[0], b.numpy() - before[1]))
     for t, (scheduled, constant) in enumerate(deltas):
-        np.testing.assert_allclose(scheduled, constant * 0.5 ** t, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(scheduled, constant * 0.5 ** t, rtol=1e-4, atol=1e-9)
     restored = LearnedOptimizer.from_config(optimizer.get_config())
     assert isinstance(restored._learning_rate, tf.keras.optimizers.schedules.ExponentialDecay)
 
@@ -322,10 +323,10 @@ def test_keras_learning_rate_callbacks(exported_policy, callback):
     if callback == "scheduler":
         cb = tf.keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-4 * (epoch + 1))
         expected = 3e-4
-    else:  # the loss of a zero-gradient problem never improves: the lr drops every epoch
+    else:  # no improvement counts (min_delta): after the first epoch, each one halves the lr
         cb = tf.keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
                                                   min_delta=1e9)
-        expected = 1e-3 * 0.5 ** 3
+        expected = 1e-3 * 0.5 ** 2
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.compile(LearnedOptimizer(exported_policy, learning_rate=1e-3), loss="mse")
     x, y = np.ones((8, 2), np.float32), np.zeros((8, 1), np.float32)

@@ -36,8 +36,9 @@ def add_arguments(parser) -> None:
                         help="comma-separated baselines (default: all)")
     parser.add_argument("--tuning-instances", type=int, default=16,
                         help="validation instances per family for learning-rate tuning")
-    parser.add_argument("--keras-epochs", type=int, default=20,
-                        help="epochs of the Keras digits models (0: skip them)")
+    parser.add_argument("--keras-epochs", type=int, default=None,
+                        help="epochs of every Keras suite task (default: each task's own; "
+                             "0: skip the suite)")
     parser.add_argument("--readme", default=None, metavar="PATH",
                         help="also write the Results section into this README (between markers)")
 
@@ -51,7 +52,9 @@ def _command_line(args) -> str:
         parts += ["--baselines", args.baselines]
     if args.tuning_instances != 16:
         parts += ["--tuning-instances", str(args.tuning_instances)]
-    parts += ["--keras-epochs", str(args.keras_epochs), "--out", args.out]
+    if args.keras_epochs is not None:
+        parts += ["--keras-epochs", str(args.keras_epochs)]
+    parts += ["--out", args.out]
     if args.readme:
         parts += ["--readme", args.readme]
     return shlex.join(parts)
@@ -61,7 +64,7 @@ def run_command(args) -> int:
     from rl_optimizer.policy import load_policy
 
     # Every input is checked before the first optimizer step.
-    if args.keras_epochs < 0:
+    if args.keras_epochs is not None and args.keras_epochs < 0:
         raise ValueError(f"--keras-epochs must be >= 0, got {args.keras_epochs}")
     policy = load_policy(args.policy)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -69,7 +72,7 @@ def run_command(args) -> int:
                           tuning_instances=args.tuning_instances, progress=True)
     os.makedirs(args.out, exist_ok=True)
     results = benchmark.evaluate(policy)
-    failed = args.keras_epochs and not _keras_tasks(results, policy, args.keras_epochs)
+    failed = args.keras_epochs != 0 and not _keras_tasks(results, policy, args.keras_epochs)
     command = _command_line(args)
     paths = write_report(results, args.out, command)
     section = readme_section(results, command)
@@ -85,8 +88,8 @@ def run_command(args) -> int:
     return 1 if failed else 0
 
 
-def _keras_tasks(results, policy, epochs: int) -> bool:
-    """Adds the Keras digits tasks to `results.extras`; False if they failed.
+def _keras_tasks(results, policy, epochs: int | None) -> bool:
+    """Adds the Keras suite to `results.extras`; False if it failed.
 
     A failure there (the Keras optimizer is a separate stage) is reported, with its traceback,
     without losing the sweep that ran before it.
@@ -111,5 +114,5 @@ def _keras_tasks(results, policy, epochs: int) -> bool:
     results.timings["total"] = total + results.timings["keras"]
     results.extras["keras"] = keras
     if "skipped" in keras:
-        print(f"Keras digits tasks skipped: {keras['skipped']}", file=sys.stderr)
+        print(f"Keras suite skipped: {keras['skipped']}", file=sys.stderr)
     return ok

@@ -277,8 +277,11 @@ def run_task(task: Task, policy, epochs: int | None = None, seed: int = 0,
 
 
 def run_keras_tasks(policy, tasks: Sequence[str] | None = None, epochs: int | None = None,
-                    seed: int = 0, progress: Callable[[int], object] | None = None) -> dict:
+                    seed: int = 0, progress: Callable[[int], object] | None = None,
+                    **grids) -> dict:
     """`run_task` for each of `tasks` (default: all of `TASKS`); task → result.
+
+    `grids` (`adam_grid`, `momentum_grid`) go to `run_task`.
 
     Returns {"skipped": reason} when the learned Keras optimizer is unavailable. `progress`
     is called with 1 after each task.
@@ -292,7 +295,7 @@ def run_keras_tasks(policy, tasks: Sequence[str] | None = None, epochs: int | No
         return {"skipped": reason}
     results = {}
     for name in tasks:
-        results[name] = run_task(TASKS[name], policy, epochs, seed)
+        results[name] = run_task(TASKS[name], policy, epochs, seed, **grids)
         if progress is not None:
             progress(1)
     return results
