@@ -329,13 +329,13 @@ def test_client_retries_while_the_server_is_unavailable(policy_server, serving_p
         pytest.skip("a client test: it starts a server of ours late, whatever the backend")
     port = _free_port()
     with pytest.raises(grpc.RpcError) as error:
-        PolicyClient(f"127.0.0.1:{port}", retries=1, backoff=0.01).step(*step_data(10))
+        PolicyClient(f"127.0.0.1:{port}", retry_seconds=0.05, backoff=0.01).step(*step_data(10))
     assert error.value.code() == Code.UNAVAILABLE
     late = PolicyServer(policy_server.model_dir, port=port)
     starter = threading.Timer(0.3, late.start)
     starter.start()
     try:
-        client = PolicyClient(f"127.0.0.1:{port}", retries=10, backoff=0.05)
+        client = PolicyClient(f"127.0.0.1:{port}", backoff=0.05)
         gradient, state = step_data(10)
         np.testing.assert_allclose(client.step(gradient, state)[0],
                                    in_process_step(serving_policies[0], gradient, state)[0],
@@ -440,7 +440,7 @@ def test_tls(serving_backend, start_policy_server, serving_exports, serving_poli
     np.testing.assert_allclose(update, in_process_step(serving_policies[0], gradient, state)[0],
                                rtol=1e-6, atol=1e-7)
     with pytest.raises(grpc.RpcError) as error:
-        PolicyClient(target, retries=0, timeout=5).step(gradient, state)
+        PolicyClient(target, retry_seconds=0, timeout=5).step(gradient, state)
     assert error.value.code() == Code.UNAVAILABLE
 
 
