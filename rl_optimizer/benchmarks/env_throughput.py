@@ -21,7 +21,10 @@ def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="run config (default: the embedded one)")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="smallest setting: 20 steps")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 20
     config = load_config(args.config)
     py_env = OptimizationEnv(config.environment, config.features)
     py_env.prefill_pool(progress=True)

@@ -98,14 +98,17 @@ class RequestLimits:
               outputs: Iterable[str]) -> None:
         """RESOURCE_EXHAUSTED if the request's declared inputs, its `rows` or the response of
         `outputs` exceed the limits; `shapes` are the inputs' declared shapes (non-negative)."""
+        outputs = list(outputs)
         sizes = {alias: math.prod(shape) * itemsize(signature.inputs[alias].dtype)
                  for alias, shape in shapes.items()}
         if sum(sizes.values()) > self.tensor_budget:
             shown = ", ".join(f"{a} {list(shapes[a])} ({sizes[a]:,} bytes)" for a in sorted(sizes))
+            most = self.max_rows(signature, outputs)
             raise ServingError(_EXHAUSTED, (
                 f"request inputs declare {sum(sizes.values()):,} bytes of tensors ({shown}); "
                 f"this server takes at most {self.tensor_budget:,} per message "
-                f"(--max-message-mb)"))
+                f"(--max-message-mb)"
+                + ("" if most is None else f": send at most {most:,} coordinates per request")))
         if rows is not None and self.max_coordinates is not None and rows > self.max_coordinates:
             raise ServingError(_EXHAUSTED, (
                 f"request has {rows:,} coordinates; this server takes at most "
