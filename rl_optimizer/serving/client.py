@@ -160,10 +160,12 @@ class PolicyClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method, request, error: grpc.RpcError | None = None):
+    def _call(self, method, request, error: grpc.RpcError | None = None,
+              retry_seconds: float | None = None):
         """`method(request)` with the deadline, retried while the server is unavailable or
-        overloaded, for `retry_seconds` (`error`: a first failure, already had)."""
+        overloaded, for `retry_seconds` (default the client's; `error`: a first failure)."""
         start = time.monotonic()
+        window = self.retry_seconds if retry_seconds is None else retry_seconds
         delay, attempts = self.backoff, 0 if error is None else 1
         while True:
             if error is None:
@@ -173,9 +175,9 @@ class PolicyClient:
                     error, attempts = e, attempts + 1
             if not _retryable(error):
                 raise error
-            left = start + self.retry_seconds - time.monotonic()
+            left = start + window - time.monotonic()
             if left <= 0:
-                if self.retry_seconds == 0:
+                if window == 0:
                     raise error
                 raise ServerUnavailableError(self.target, time.monotonic() - start, attempts,
                                              error) from error
@@ -282,13 +284,14 @@ class PolicyClient:
         return ModelMetadata(response.model_spec.name, response.model_spec.version.value,
                              dict(signature_defs.signature_def))
 
-    def status(self) -> list[VersionStatus]:
-        """Every version the server knows of this model, loaded or not, lowest first."""
+    def status(self, retry_seconds: float | None = None) -> list[VersionStatus]:
+        """Every version the server knows of this model, loaded or not, lowest first
+        (`retry_seconds`: this call's retry window, default the client's)."""
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.spec.name
         if self.spec.HasField("version"):
             request.model_spec.version.CopyFrom(self.spec.version)
-        response = self._call(self._get_status, request)
+        response = self._call(self._get_status, request, retry_seconds=retry_seconds)
         return sorted(VersionStatus(s.version, _STATES.Name(s.state),
                                     _CODE_NAMES.get(s.status.error_code, str(s.status.error_code)),
                                     s.status.error_message)
@@ -299,7 +302,8 @@ class PolicyClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                available = [s.version for s in self.status() if s.state == "AVAILABLE"
+                statuses = self.status(retry_seconds=max(0.0, deadline - time.monotonic()))
+                available = [s.version for s in statuses if s.state == "AVAILABLE"
                              and version in (None, s.version)]
                 if available:
                     return max(available)
