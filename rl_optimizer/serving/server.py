@@ -399,8 +399,9 @@ def _bind(server: grpc.Server, host: str, port: int,
 
 def _why_not(host: str, port: int) -> str:
     """Why binding `host:port` fails, asked of the OS with a plain socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.create_server((host, port)).close()
+        socket.create_server((host, port), family=family).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             return (f"port {port} is already in use (another server?); stop it or choose "
