@@ -227,7 +227,8 @@ class ModelManager:
             self._failed[(name, version)] = stamp
             self._set_status(name, version, VersionStatus(
                 State.END, code, _without_paths(message, path, f"{name}/{version}")))
-            _log.error("could not load %s version %d from %s: %s", name, version, path, message)
+            _log.error("could not load %s version %d from %s: %s", name, version, path,
+                       " ".join(message.split()))
             return None
         self._failed.pop((name, version), None)
         self._set_status(name, version, VersionStatus(State.AVAILABLE))
