@@ -8,6 +8,7 @@ solved) before timing, as training does at start-up. The last line is
 """
 
 import argparse
+import os
 import time
 
 import tensorflow as tf
@@ -21,7 +22,13 @@ def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="run config (default: the embedded one)")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest setting: configs/smoke.yaml's environment, 20 steps")
     args = parser.parse_args(argv)
+    if args.quick:
+        from rl_optimizer.config import CONFIG_DIR
+
+        args.steps, args.config = 20, args.config or os.path.join(CONFIG_DIR, "smoke.yaml")
     config = load_config(args.config)
     py_env = OptimizationEnv(config.environment, config.features)
     py_env.prefill_pool(progress=True)
