@@ -8,8 +8,8 @@ Per coordinate the optimizer keeps S = 5 float32 numbers (a fresh coordinate's a
 
   m        exponential average of the gradient (β1), as in Adam;
   v        exponential average of the squared gradient (β2), as in Adam;
-  log_lr   the coordinate's nominal log step size relative to `learning_rate`;
-  action   the policy's last action, in [−1, 1];
+  log_lr   the coordinate's log step size relative to `learning_rate`;
+  action   the last increment of log_lr, in units of `increment` ([−1, 1]);
   t        how many steps the coordinate has taken (Adam's step count).
 
 The Keras optimizer keeps m, v, log_lr and action as slots and takes t from its step counter (a
@@ -21,8 +21,9 @@ One step, given the gradient g of a coordinate in tensor T:
   2. alignment = cosine over T of g/√v̂ and m_{t−1}/√v̂ (`Segments` say which tensor is which);
   3. observation = scale-free features of the gradient history (`observation`);
   4. action a ∈ [−1, 1] = policy(observation);
-  5. log_lr ← clip(log_lr + increment·clip(nominal_gain·alignment, ±1), log_lr_min, log_lr_max);
-  6. update = −learning_rate·exp(log_lr + action_span·a)·clip(m̂/(√v̂ + ε), ±clip).
+  5. log_lr ← clip(log_lr + increment·clip(nominal_gain·alignment + a, ±1), log_lr_min,
+     log_lr_max);
+  6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
 Where the scale comes from: the step size is state. It starts at `learning_rate` (Adam's
 default, 1e-3: a fresh coordinate's first step is Adam's) and a nominal controller moves it by
@@ -31,8 +32,8 @@ sign (Baydin et al. 2018): the alignment of the gradient with the momentum over 
 positive while steps keep their direction (too small), negative after overshooting (too large);
 minibatch noise, averaged over a tensor, does not hide it as it hides each coordinate's. So the
 optimizer finds the scale of any problem in a few dozen steps, from 1e-3 or wherever a schedule
-sets it, and needs no tuning. The policy then sets each coordinate's step relative to that
-nominal step size, per step (exp(±action_span)): the zero action is the nominal controller, an
+sets it, and needs no tuning. The policy's action corrects each coordinate's increment from
+what its own gradient history shows: the zero action is the nominal controller, an
 Adam-direction optimizer that stays stable out of distribution (Harrison et al. 2022).
 
 Scale-free by construction: nothing the policy sees depends on the units of the parameters or
@@ -43,7 +44,7 @@ powers of ten and starts coordinates at step sizes drawn over orders of magnitud
 policy learns to act relative to the scale, not to remember one.
 
 `learning_rate` multiplies every step: Keras schedules and callbacks drive it as they drive
-Adam's. The update is bounded: |update| ≤ learning_rate·exp(log_lr_max + action_span)·clip.
+Adam's. The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
 """
 
 from __future__ import annotations
@@ -85,9 +86,7 @@ class FeatureConfig:
     """Largest change of log_lr in one step."""
     nominal_gain: float = 3.0
     """The nominal controller: log_lr's increment, in units of `increment`, per unit of tensor
-    alignment (0: log_lr stays 0, the policy alone sets each step relative to learning_rate)."""
-    action_span: float = 3.0
-    """The action a ∈ [−1, 1] multiplies this step by exp(a·action_span)."""
+    alignment, to which the policy's action adds its correction (0: the policy alone)."""
     log_lr_min: float = -9.0
     """Smallest log_lr (the step size relative to `learning_rate`)."""
     log_lr_max: float = 7.0
@@ -103,7 +102,7 @@ class FeatureConfig:
                 raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.nominal_gain < 0:
             raise ValueError(f"features.nominal_gain must be >= 0, got {self.nominal_gain}")
-        for name in ("learning_rate", "increment", "action_span", "clip", "epsilon"):
+        for name in ("learning_rate", "increment", "clip", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
         if not self.log_lr_min < 0.0 < self.log_lr_max:
@@ -115,7 +114,7 @@ class FeatureConfig:
         """The largest |update| any coordinate can take in one step at `learning_rate`."""
         import math
 
-        return self.learning_rate * math.exp(self.log_lr_max + self.action_span) * self.clip
+        return self.learning_rate * math.exp(self.log_lr_max) * self.clip
 
 
 class State(NamedTuple):
@@ -221,13 +220,13 @@ def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
 
 def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig,
            learning_rate=None):
-    action = tf.clip_by_value(action, -1.0, 1.0)
-    # The nominal controller moves the coordinate's step size; the policy scales this step.
-    nominal = tf.clip_by_value(config.nominal_gain * moments.alignment, -1.0, 1.0)
-    log_lr = tf.clip_by_value(state.log_lr + config.increment * nominal, config.log_lr_min,
+    # The nominal controller's increment, corrected by the policy's action.
+    action = tf.clip_by_value(config.nominal_gain * moments.alignment
+                              + tf.clip_by_value(action, -1.0, 1.0), -1.0, 1.0)
+    log_lr = tf.clip_by_value(state.log_lr + config.increment * action, config.log_lr_min,
                               config.log_lr_max)
     lr = config.learning_rate if learning_rate is None else learning_rate
-    update = -lr * tf.exp(log_lr + config.action_span * action) * moments.direction
+    update = -lr * tf.exp(log_lr) * moments.direction
     new_state = State(moments.m, moments.v, log_lr, action, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)

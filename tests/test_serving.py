@@ -25,6 +25,7 @@ from rl_optimizer.export import (
     ACTION_SIGNATURE,
     GRADIENT,
     OBSERVATION,
+    SEGMENTS,
     STATE,
     STEP_SIGNATURE,
     TIME_STEP_INPUTS,
@@ -83,6 +84,8 @@ def step_request(gradient, state, name="rl_optimizer", signature=STEP_SIGNATURE,
         request.model_spec.version.value = version
     request.inputs[GRADIENT].CopyFrom(tf.make_tensor_proto(gradient))
     request.inputs[STATE].CopyFrom(tf.make_tensor_proto(state))
+    # All one tensor, as `in_process_step` steps it.
+    request.inputs[SEGMENTS].CopyFrom(tf.make_tensor_proto(np.zeros(len(gradient), np.int32)))
     return request
 
 
@@ -146,7 +149,9 @@ def test_metadata_is_the_signature_def_map(predictions):
     assert response.model_spec.version.value == 1
     assert {STEP_SIGNATURE, ACTION_SIGNATURE} <= set(signatures.signature_def)
     step = signatures.signature_def[STEP_SIGNATURE]
-    assert set(step.inputs) == {GRADIENT, STATE} and set(step.outputs) == {UPDATE, STATE}
+    assert set(step.inputs) == {GRADIENT, STATE, SEGMENTS}
+    assert set(step.outputs) == {UPDATE, STATE}
+    assert step.inputs[SEGMENTS].dtype == tf.int32.as_datatype_enum
     assert [d.size for d in step.inputs[GRADIENT].tensor_shape.dim] == [-1]
     assert [d.size for d in step.inputs[STATE].tensor_shape.dim] == [-1, S]
     assert step.inputs[STATE].dtype == tf.float32.as_datatype_enum
@@ -262,12 +267,22 @@ def test_client(policy_server, serving_policies):
         assert empty[0].shape == (0,) and empty[1].shape == (0, S)
         with pytest.raises(ValueError, match="state must have"):
             client.step(gradient, state[:-1])
+    # Six tensors of 200: requests of at most 250 cut between tensors, so each tensor's
+    # statistics are whole and the chunked step equals the one-request step.
+    segments = np.repeat(np.arange(6), 200)
+    with PolicyClient(policy_server.target) as client:
+        update, new_state = client.step(gradient, state, segments)
+    want_update, _ = serving_policies[0].step(
+        tf.constant(gradient), features.unpack(tf.constant(state)),
+        features.Segments(tf.constant(segments, tf.int32), 6))
+    np.testing.assert_allclose(update, want_update, rtol=1e-6, atol=1e-7)
     chunked = PolicyClient(policy_server.target, chunk_size=250, max_in_flight=2)
-    chunked_update, chunked_state = chunked.step(gradient, state)
-    # Same math on differently sized blocks: equal up to the last bits of vectorised float32
-    # (log_lr = 7·action amplifies them, hence the state's absolute tolerance).
-    np.testing.assert_allclose(chunked_update, update.reshape(-1), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(chunked_state, new_state.reshape(-1, S), rtol=1e-6, atol=1e-9)
+    chunked_update, chunked_state = chunked.step(gradient, state, segments)
+    # Same math on differently sized blocks: equal up to the last bits of vectorised float32.
+    np.testing.assert_allclose(chunked_update, update, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(chunked_state, new_state, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="segments must be integers"):
+        chunked.step(gradient, state, segments[:-1])
 
 
 def test_client_chunks_to_fit_the_message_limit(policy_server, serving_policies):

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
 
 from rl_optimizer import cli, features
 from rl_optimizer.benchmarks import serving as serving_benchmark
-from rl_optimizer.export import GRADIENT, STATE, UPDATE
+from rl_optimizer.export import GRADIENT, SEGMENTS, STATE, UPDATE
 from rl_optimizer.serving import (
     PolicyClient,
     PolicyServer,
@@ -86,6 +86,7 @@ def step_request(n: int, seed: int = 0) -> predict_pb2.PredictRequest:
     request.model_spec.name = "rl_optimizer"
     tensors.fill(request.inputs[GRADIENT], rng.normal(size=n).astype(np.float32))
     tensors.fill(request.inputs[STATE], np.zeros((n, S), np.float32))
+    tensors.fill(request.inputs[SEGMENTS], np.zeros(n, np.int32))
     return request
 
 

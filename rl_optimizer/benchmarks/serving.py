@@ -37,7 +37,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from rl_optimizer import features
 from rl_optimizer.benchmarks.keras_step import resolve_policy
-from rl_optimizer.export import GRADIENT, STATE, STEP_SIGNATURE, UPDATE, export_policy
+from rl_optimizer.export import GRADIENT, SEGMENTS, STATE, STEP_SIGNATURE, UPDATE, export_policy
 from rl_optimizer.policy import DEFAULT_MODEL_NAME
 from rl_optimizer.serving import PolicyClient
 from rl_optimizer.serving.memory import rss_bytes
@@ -138,7 +138,8 @@ def in_process_steps(version_dir: str, policy):
     signature = tf.saved_model.load(version_dir).signatures[STEP_SIGNATURE]
 
     def saved_model_step(gradient, state):
-        out = signature(**{GRADIENT: tf.constant(gradient), STATE: tf.constant(state)})
+        out = signature(**{GRADIENT: tf.constant(gradient), STATE: tf.constant(state),
+                           SEGMENTS: tf.zeros([len(gradient)], tf.int32)})
         return out[UPDATE].numpy(), out[STATE].numpy()
 
     @tf.function(jit_compile=True)
@@ -159,11 +160,14 @@ def tiny_request(coordinates: int = 1 << 24) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = DEFAULT_MODEL_NAME
     gradient, state = request.inputs[GRADIENT], request.inputs[STATE]
+    segments = request.inputs[SEGMENTS]
     gradient.dtype = state.dtype = tf.float32.as_datatype_enum
+    segments.dtype = tf.int32.as_datatype_enum
     gradient.tensor_shape.dim.add(size=coordinates)
     gradient.float_val.append(0.5)
     state.tensor_shape.dim.add(size=coordinates)
     state.tensor_shape.dim.add(size=features.STATE_SIZE)
+    segments.tensor_shape.dim.add(size=coordinates)
     return request
 
 

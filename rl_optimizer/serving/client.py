@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from rl_optimizer.export import GRADIENT, STATE, STEP_SIGNATURE, UPDATE
+from rl_optimizer.export import GRADIENT, SEGMENTS, STATE, STEP_SIGNATURE, UPDATE
 from rl_optimizer.policy import DEFAULT_MODEL_NAME
 from rl_optimizer.serving import tensors
 from rl_optimizer.serving.limits import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_HEADROOM_BYTES
@@ -193,25 +193,38 @@ class PolicyClient:
             self._state_size = signature.inputs[STATE].tensor_shape.dim[-1].size
         return self._state_size
 
-    def step(self, gradient: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, gradient: np.ndarray, state: np.ndarray,
+             segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One optimizer step for coordinates of any shape: (update, new state).
 
         Args:
           gradient: float32-convertible array, any shape.
           state: `gradient.shape + (S,)`; zeros for coordinates never stepped.
+          segments: integers of the gradient's shape: which parameter tensor each coordinate
+            belongs to, for the policy's per-tensor features (None: all one tensor). A step
+            larger than one request is split at tensor boundaries; a tensor larger than a
+            request is split too, each piece then its own tensor.
         """
         gradient = np.asarray(gradient, np.float32)
         state = np.asarray(state, np.float32)
         if state.shape[:-1] != gradient.shape or state.ndim != gradient.ndim + 1:
             raise ValueError(f"state must have the gradient's shape {gradient.shape} plus one "
                              f"dimension of size S, got {state.shape}")
+        if segments is None:
+            segments = np.zeros(gradient.shape, np.int64)
+        segments = np.asarray(segments)
+        if segments.shape != gradient.shape or not np.issubdtype(segments.dtype, np.integer):
+            raise ValueError(f"segments must be integers of the gradient's shape "
+                             f"{gradient.shape}, got {segments.dtype} {segments.shape}")
         size = state.shape[-1]
         flat_gradient, flat_state = gradient.reshape(-1), state.reshape(-1, size)
+        flat_segments = segments.reshape(-1)
         update = np.empty(flat_gradient.shape, np.float32)
         new_state = np.empty(flat_state.shape, np.float32)
+        # gradient, state and segments: 4 bytes each per coordinate and state column.
         chunk = max(1, min(self.chunk_size,
-                           (self.max_message_bytes - MESSAGE_HEADROOM_BYTES) // (4 * (1 + size))))
-        bounds = [(lo, min(lo + chunk, len(update))) for lo in range(0, len(update), chunk)]
+                           (self.max_message_bytes - MESSAGE_HEADROOM_BYTES) // (4 * (2 + size))))
+        bounds = chunk_bounds(flat_segments, chunk)
         pending, versions = collections.deque(), {}
 
         def collect():
@@ -220,7 +233,8 @@ class PolicyClient:
 
         try:
             for lo, hi in bounds:
-                request = self._request(flat_gradient[lo:hi], flat_state[lo:hi], self.spec)
+                request = self._request(flat_gradient[lo:hi], flat_state[lo:hi],
+                                        flat_segments[lo:hi], self.spec)
                 pending.append((lo, hi, request,
                                 self._predict.future(request, timeout=self.timeout)))
                 if len(pending) >= self.max_in_flight:
@@ -231,26 +245,30 @@ class PolicyClient:
             for *_, future in pending:
                 future.cancel()
         if versions:
-            self.last_version = self._one_version(versions, flat_gradient, flat_state, update,
-                                                  new_state)
+            self.last_version = self._one_version(versions, flat_gradient, flat_state,
+                                                  flat_segments, update, new_state)
         return update.reshape(gradient.shape), new_state.reshape(state.shape)
 
     @staticmethod
-    def _request(gradient: np.ndarray, state: np.ndarray, spec) -> predict_pb2.PredictRequest:
+    def _request(gradient: np.ndarray, state: np.ndarray, segments: np.ndarray,
+                 spec) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
         request.model_spec.CopyFrom(spec)
         tensors.fill(request.inputs[GRADIENT], gradient)
         tensors.fill(request.inputs[STATE], state)
+        # Ids renumbered 0..k-1 within the request, as the signature requires (< N).
+        ids = np.unique(segments, return_inverse=True)[1].astype(np.int32)
+        tensors.fill(request.inputs[SEGMENTS], ids.reshape(segments.shape))
         return request
 
-    def _one_version(self, versions, gradient, state, update, new_state) -> int:
+    def _one_version(self, versions, gradient, state, segments, update, new_state) -> int:
         """Redoes chunks an older version answered (a reload between two requests of one step)
         with the newest, so a step is one policy's; returns that version."""
         newest = max(versions.values())
         spec = model_pb2.ModelSpec(name=self.spec.name, signature_name=self.spec.signature_name)
         spec.version.value = newest
         for lo, hi in (chunk for chunk, version in versions.items() if version != newest):
-            request = self._request(gradient[lo:hi], state[lo:hi], spec)
+            request = self._request(gradient[lo:hi], state[lo:hi], segments[lo:hi], spec)
             self._collect(lo, hi, request, None, update, new_state)
         return newest
 
@@ -314,3 +332,24 @@ class PolicyClient:
                 raise TimeoutError(f"{self.spec.name} version {version or 'any'} not available "
                                    f"at {self.target} after {timeout} s")
             time.sleep(0.1)
+
+
+def chunk_bounds(segments: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """[lo, hi) request bounds of at most `chunk` coordinates, cut between runs of equal
+    segment ids (tensors) wherever a run fits, so each tensor's statistics stay whole."""
+    n = len(segments)
+    if n == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+    if len(starts) > n // 4 + 1:  # ids not laid out tensor by tensor: plain chunks
+        return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    bounds, lo = [], 0
+    for start, end in zip(starts, np.r_[starts[1:], n]):
+        if end - lo > chunk and start > lo:
+            bounds.append((lo, int(start)))
+            lo = int(start)
+        while end - lo > chunk:
+            bounds.append((lo, lo + chunk))
+            lo += chunk
+    bounds.append((lo, n))
+    return bounds

@@ -9,7 +9,8 @@ at first) and turns a dict of gradients into a dict of updates:
         optimizer.apply(params, grads)                    # params[k] += updates[k]
 
 All parameters travel as one flat block (the client splits it into requests), so a step costs
-one round trip however many arrays the model has.
+one round trip however many arrays the model has; each array is one segment, one tensor to the
+policy's per-tensor features, as each variable is to `LearnedOptimizer`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Stepper(Protocol):
 
     state_size: int
 
-    def step(self, gradient: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, gradient: np.ndarray, state: np.ndarray,
+             segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         ...
 
 
@@ -90,7 +92,9 @@ class RemoteOptimizer:
             self._relayout(layout)
         flat = np.concatenate([np.ravel(g).astype(np.float32, copy=False)
                                for g in grads.values()])
-        update, self._state = self.client.step(flat, self._state)
+        # One segment per parameter: the policy's per-tensor features group by it.
+        segments = np.repeat(np.arange(len(grads)), [np.size(g) for g in grads.values()])
+        update, self._state = self.client.step(flat, self._state, segments)
         return {k: u.astype(np.asarray(grads[k]).dtype, copy=False)
                 for k, u in self._split(update)}
 
