@@ -1,10 +1,13 @@
 """`rl-optimizer evaluate`: the sweep, the Keras digits tasks and the report, in one command.
 
     rl-optimizer evaluate --policy default|PATH [--families a,b] [--instances N] [--steps T]
-                          --out DIR [--readme README.md]
+                          [--keras-tasks all|none|a,b] --out DIR [--readme README.md]
 
 Writes DIR/report.md, DIR/results.csv, PNG plots and TensorBoard events (DIR/tensorboard), and
-the README's Results section (DIR/readme_results.md; into --readme between markers).
+the README's Results section (DIR/readme_results.md; into --readme between markers). Progress
+shows on one bar per stage (the sweep in instances, the Keras tasks as `run_keras_tasks`
+reports them); the last line on stdout is the quality bar's verdict. The Keras digits tasks
+run by default only in the full sweep (no --families); --keras-tasks chooses them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
 
 from rl_optimizer.evaluation.baselines import BASELINES
 from rl_optimizer.evaluation.report import (
@@ -36,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="comma-separated baselines (default: all)")
     parser.add_argument("--tuning-instances", type=int, default=16,
                         help="validation instances per family for learning-rate tuning")
+    parser.add_argument("--keras-tasks", default=None, metavar="all|none|TASK,…",
+                        help="Keras digits tasks to run (default: all without --families, none "
+                             "with it)")
     parser.add_argument("--keras-epochs", type=int, default=20,
                         help="epochs of the Keras digits models (0: skip them)")
     parser.add_argument("--readme", default=None, metavar="PATH",
@@ -51,10 +60,34 @@ def _command_line(args) -> str:
         parts += ["--baselines", args.baselines]
     if args.tuning_instances != 16:
         parts += ["--tuning-instances", str(args.tuning_instances)]
-    parts += ["--keras-epochs", str(args.keras_epochs), "--out", args.out]
+    tasks = keras_task_names(args)
+    parts += ["--keras-tasks", ",".join(tasks) or "none"]
+    if tasks:
+        parts += ["--keras-epochs", str(args.keras_epochs)]
+    parts += ["--out", args.out]
     if args.readme:
         parts += ["--readme", args.readme]
     return shlex.join(parts)
+
+
+def keras_task_names(args) -> tuple[str, ...]:
+    """The Keras tasks `--keras-tasks` and `--keras-epochs` ask for, checked against `TASKS`."""
+    from rl_optimizer.evaluation.keras_tasks import TASKS
+
+    chosen = args.keras_tasks
+    if chosen is None:
+        chosen = "none" if args.families else "all"
+    if chosen.strip() == "all":
+        names = tuple(TASKS)
+    elif chosen.strip() == "none":
+        names = ()
+    else:
+        names = tuple(name.strip() for name in chosen.split(",") if name.strip())
+        unknown = [name for name in names if name not in TASKS]
+        if unknown or not names:
+            raise ValueError(f"--keras-tasks {chosen!r}: unknown task(s) {unknown}; expected "
+                             f"'all', 'none' or some of {list(TASKS)}")
+    return names if args.keras_epochs else ()
 
 
 def run_command(args) -> int:
@@ -63,13 +96,15 @@ def run_command(args) -> int:
     # Every input is checked before the first optimizer step.
     if args.keras_epochs < 0:
         raise ValueError(f"--keras-epochs must be >= 0, got {args.keras_epochs}")
+    keras_tasks = keras_task_names(args)
     policy = load_policy(args.policy)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     benchmark = Benchmark(args.families, args.instances, args.steps, baselines=baselines,
                           tuning_instances=args.tuning_instances, progress=True)
     os.makedirs(args.out, exist_ok=True)
     results = benchmark.evaluate(policy)
-    failed = args.keras_epochs and not _keras_tasks(results, policy, args.keras_epochs)
+    failed = bool(keras_tasks) and not _keras_tasks(results, policy, args.keras_epochs,
+                                                    keras_tasks)
     command = _command_line(args)
     paths = write_report(results, args.out, command)
     section = readme_section(results, command)
@@ -82,10 +117,23 @@ def run_command(args) -> int:
           + ", ".join(f"{k} {v:.0f} s" for k, v in results.timings.items() if k != "total")
           + f")\nreport: {paths['report']}\nraw results: {paths['csv']}\n"
           f"tensorboard --logdir {paths['tensorboard']}")
+    print(verdict(results.quality_bar()))
     return 1 if failed else 0
 
 
-def _keras_tasks(results, policy, epochs: int) -> bool:
+def verdict(bar: dict) -> str:
+    """The quality bar's outcome as one line for the terminal (the report has the details)."""
+    if bar["missing"]:
+        return (f"quality bar: NOT JUDGED: its families {', '.join(bar['missing'])} were not "
+                "evaluated (run without --families for the verdict)")
+    outcome = "PASSED" if bar["passed"] else "FAILED"
+    return (f"quality bar: {outcome}: win rate {bar['win_rate']:.0%} against tuned "
+            f"{bar['baseline']} (target {bar['target']:.0%}), {bar['divergences']} "
+            "divergences (allowed: 0)")
+
+
+def _keras_tasks(results, policy, epochs: int, tasks: Sequence[str] | None = None,
+                 progress: bool = True) -> bool:
     """Adds the Keras digits tasks to `results.extras`; False if they failed.
 
     A failure there (the Keras optimizer is a separate stage) is reported, with its traceback,
@@ -93,11 +141,16 @@ def _keras_tasks(results, policy, epochs: int) -> bool:
     """
     import traceback
 
-    from rl_optimizer.evaluation.keras_tasks import run_keras_tasks
+    from rl_optimizer.evaluation import keras_tasks
 
+    tasks = tuple(keras_tasks.TASKS if tasks is None else tasks)
     start = time.perf_counter()
+    # `run_keras_tasks` calls `progress(1)` as each task finishes.
+    bar = tqdm(total=len(tasks), desc=f"keras digits ({epochs} epochs)", unit="task",
+               disable=not progress, dynamic_ncols=True)
     try:
-        keras = run_keras_tasks(policy, epochs=epochs)
+        keras = keras_tasks.run_keras_tasks(policy, tasks=tasks, epochs=epochs,
+                                            progress=bar.update)
     except Exception as e:  # any failure: the report still gets written
         traceback.print_exc()
         last_line = ([line for line in str(e).splitlines() if line.strip()] or [""])[-1]
@@ -106,6 +159,8 @@ def _keras_tasks(results, policy, epochs: int) -> bool:
         ok = False
     else:
         ok = True
+    finally:
+        bar.close()
     total = results.timings.pop("total")
     results.timings["keras"] = time.perf_counter() - start
     results.timings["total"] = total + results.timings["keras"]
