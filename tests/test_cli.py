@@ -161,3 +161,30 @@ def test_help_shows_defaults(capsys, command, shown):
         cli.main([command, "--help"])
     assert exit_.value.code == 0
     assert shown in " ".join(capsys.readouterr().out.split())
+
+
+def _subcommand_flags() -> dict[str, set[str]]:
+    import argparse
+
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: {flag for action in command._actions for flag in action.option_strings
+                   if flag.startswith("--") and flag != "--help"}
+            for name, command in sub.choices.items()}
+
+
+def test_the_readme_cli_table_lists_every_flag_of_every_subcommand():
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+    section = open(readme, encoding="utf-8").read().split("## Command line", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(0) for m in
+            re.finditer(r"^\| `rl-optimizer ([\w-]+)` \|.*$", section, re.M)}
+    flags = _subcommand_flags()
+
+    assert set(rows) == set(flags), "one README table row per subcommand"
+    for name, row in rows.items():
+        listed = set(re.findall(r"--[a-z][\w-]*", row))
+        assert flags[name] - listed == set(), f"`{name}` flags missing from the README table"
+        assert listed - flags[name] == set(), f"`{name}` flags in the README that do not exist"
