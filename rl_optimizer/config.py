@@ -56,10 +56,13 @@ class Bounds:
                 and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
 
     def __str__(self) -> str:
-        low = (f"[{self.ge:g}" if self.ge is not None else
-               f"({self.gt:g}" if self.gt is not None else None)
-        high = (f"{self.le:g}]" if self.le is not None else
-                f"{self.lt:g})" if self.lt is not None else None)
+        def text(v):  # integers in full (a seed's bound), floats short
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
+        low = (f"[{text(self.ge)}" if self.ge is not None else
+               f"({text(self.gt)}" if self.gt is not None else None)
+        high = (f"{text(self.le)}]" if self.le is not None else
+                f"{text(self.lt)})" if self.lt is not None else None)
         if low and high:
             return f"in {low}, {high}"
         if low:
@@ -314,7 +317,13 @@ def _parse_yaml(text: str, source: str):
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        if mark is not None:
+            line, column = mark.line, mark.column
+        else:  # a reader error (a control character) gives a character offset instead
+            position = getattr(e, "position", 0)
+            line = text.count("\n", 0, position)
+            column = position - (text.rfind("\n", 0, position) + 1)
+        where = f"{source}:{line + 1}:{column + 1}"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
 

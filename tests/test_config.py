@@ -85,6 +85,13 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
         load_config(str(path))
 
 
+def test_a_control_character_names_its_line_and_column(tmp_path):
+    path = tmp_path / "control.yaml"
+    path.write_text("training:\n  iterations: 3\x00\n")
+    with pytest.raises(ConfigError, match=rf"{path}:2:16: invalid YAML"):
+        load_config(str(path))
+
+
 @pytest.mark.parametrize("text,match", [
     (b"\xff\xfe garbage", "cannot be read"),
     (b"- just\n- a list\n", "expected a mapping of sections, got list"),
