@@ -49,7 +49,7 @@ class Bounds:
     lt: float | None = None
 
     def contains(self, value) -> bool:
-        # Written as `not (...)`-free comparisons that NaN fails.
+        # Every comparison with NaN is False, so NaN fails each bound, as ±inf fails `isfinite`.
         if isinstance(value, float) and not math.isfinite(value):
             return False
         return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
