@@ -331,7 +331,8 @@ def _parse_yaml(text: str, source: str):
 def read_yaml(path: str):
     """The YAML data of file `path`; an unreadable file or bad YAML is a `ConfigError`."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
+        problem = "is not a file" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"config file {path!r} {problem}")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

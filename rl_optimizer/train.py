@@ -1,6 +1,7 @@
 """Train the learned optimizer: DDPG on the optimization environment, then export the policy.
 
-    rl-optimizer train --config configs/default.yaml --run-dir runs/NAME [--resume] [--set k=v]
+    rl-optimizer train --config configs/default.yaml --run-dir runs/NAME [--set k=v]
+    rl-optimizer train --run-dir runs/NAME --resume     # with the run's own config.yaml
 
 A run directory holds everything a run makes:
 
