@@ -28,14 +28,16 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except where there is none to show (required options,
-    flags, None) or the help already states it."""
+    flags, None) or the help already states it. For every rl_optimizer command line."""
 
     def _get_help_string(self, action):
         help_text = action.help or ""
-        if (action.required or action.default in (None, False, [], argparse.SUPPRESS)
-                or "(default" in help_text):
+        default = action.default
+        # Identity, not ==: a default of 0 is worth showing, and 0 == False.
+        if (action.required or any(default is v for v in (None, False, argparse.SUPPRESS))
+                or default == [] or "(default" in help_text):
             return help_text
         return super()._get_help_string(action)
 
@@ -43,11 +45,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rl-optimizer", description="A reinforcement-learning agent that learns an optimizer.",
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text,
-                                 formatter_class=_HelpFormatter)
+                                 formatter_class=HelpFormatter)
         command.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(command)
     return parser

@@ -38,8 +38,10 @@ def process_start_time() -> float:
 
 
 def main(argv=None) -> float:
+    from rl_optimizer.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--config", default=None,
                         help="run config (default: the embedded default.yaml)")
     parser.add_argument("--steps", type=int, default=1000, help="timed environment steps")
