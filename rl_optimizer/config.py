@@ -138,9 +138,17 @@ class EnvironmentConfig:
     mix: tuple[FamilySpec, ...] = (FamilySpec("quadratic", 8),)
     """Families an episode samples; the batch is all their coordinates."""
     horizon: int = bounded(200, ge=1)
-    """Optimizer steps per episode."""
-    gap_floor: float = bounded(1e-6, gt=0.0, lt=1.0)
-    """Normalized gap below which further progress earns no reward (the reward's ceiling)."""
+    """Optimizer steps per episode (the shortest, when `max_horizon` is larger)."""
+    max_horizon: int = bounded(0, ge=0)
+    """Longest episode: lengths are log-uniform in [horizon, max_horizon] (<= horizon: fixed)."""
+    gap_floor: float = bounded(1e-8, gt=0.0, lt=1.0)
+    """Normalized gap at which the reward's logarithm stops (keeps it finite at a minimum)."""
+    rescale: float = bounded(0.0, ge=0.0, le=10.0)
+    """Each instance's parameters are measured in units 10^u, u uniform in ±rescale."""
+    loss_rescale: float = bounded(0.0, ge=0.0, le=10.0)
+    """Each instance's loss is multiplied by 10^u, u uniform in ±loss_rescale."""
+    initial_log_lr: float = bounded(0.0, ge=0.0, le=10.0)
+    """Each instance's coordinates start at log step size uniform in ±initial_log_lr."""
     reward_clip: float = bounded(2.0, gt=0.0)
     """Bound on the per-step reward, so one wild step cannot dominate the critic."""
     pool_size: int = bounded(256, ge=1, le=1_000_000)
@@ -363,8 +371,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
 declare_bounds(
     FeatureConfig,
     beta1=Bounds(ge=0.0, lt=1.0), beta2=Bounds(ge=0.0, lt=1.0), learning_rate=Bounds(gt=0.0),
-    log_lr_min=Bounds(lt=0.0), log_lr_max=Bounds(gt=0.0), clip=Bounds(gt=0.0),
-    epsilon=Bounds(gt=0.0))
+    increment=Bounds(gt=0.0), nominal_gain=Bounds(ge=0.0), log_lr_min=Bounds(lt=0.0),
+    log_lr_max=Bounds(gt=0.0), clip=Bounds(gt=0.0), epsilon=Bounds(gt=0.0))
 
 
 def to_dict(config) -> dict:

@@ -8,12 +8,20 @@ parameters of any shape.
     observation  features [F] of the coordinate's gradient history (`features.observation`)
     action       one number in [-1, 1] per coordinate (`features.apply_action`)
     reward       the instance's decrease of log max(gap, gap_floor) over the step, where
-                 gap = (f - f*) / (f(x0) - f*) is its normalized optimality gap
+                 gap = (f - f*) / (f(x0) - f*) is its normalized optimality gap (of the
+                 full-batch loss, also where the optimizer sees minibatch gradients)
 
 The reward is scale-free, so families whose losses differ by orders of magnitude train
 together; its sum over an episode is log(gap_0 / gap_T), and discounting it rewards getting
-there in fewer steps. Below `gap_floor` further progress earns nothing, so the agent is not
-paid for polishing digits no one asked for. Every coordinate of an instance shares its reward.
+there in fewer steps. `gap_floor` only keeps the logarithm finite at an exact minimum: at
+1e-8 (the default) going from 1e-3 to 1e-6 pays as much as going from 1 to 1e-3. Every
+coordinate of an instance shares its reward.
+
+So that the policy learns to find a step size rather than remember one, each episode draws
+every instance's parameter and loss units (`rescaled`, powers of ten up to `rescale` and
+`loss_rescale`) and its starting log step size (uniform in ±`initial_log_lr`), and its length
+(log-uniform in [`horizon`, `max_horizon`]): short horizons alone bias learned step sizes down
+(Wu et al., ICLR 2018).
 
 A step whose loss is not finite is undone (the instance stays where it was) and earns
 -reward_clip. Episodes end after `horizon` steps as a truncation (discount 1): the
@@ -37,8 +45,9 @@ from rl_optimizer.features import FeatureConfig
 
 
 @tf.function(reduce_retracing=True)
-def _observe(gradient, state, config):
-    return features.observation(tf.cast(gradient, tf.float32), features.State(*state), config)
+def _observe(gradient, state, config, segments):
+    return features.observation(tf.cast(gradient, tf.float32), features.State(*state), config,
+                                features.Segments(*segments))
 
 
 @functools.cache
@@ -47,12 +56,15 @@ def _transition_fn(structure):
     value_and_grad = objectives.batch_value_and_grad(structure)
 
     @tf.function(reduce_retracing=True, autograph=False)
-    def transition(tensors, instance_of_coordinate, action, x, values, gradient, state, config):
+    def transition(tensors, instance_of_coordinate, action, x, values, gradient, state, config,
+                   seed):
         state = features.State(*state)
+        # Each instance is one tensor for the features' per-tensor statistics.
+        segments = features.Segments(instance_of_coordinate, tf.shape(values)[0])
         update, new_state = features.apply_action(action, tf.cast(gradient, tf.float32), state,
-                                                  config)
+                                                  config, segments=segments)
         new_x = x + tf.cast(update, x.dtype)
-        new_values, new_gradient = value_and_grad(*tensors, new_x)
+        new_values, new_gradient = value_and_grad(*tensors, new_x, seed)
         # A step to a non-finite loss or gradient is undone for the whole instance, so the
         # episode goes on from where it was (and the reward says what happened).
         finite = tf.math.unsorted_segment_min(
@@ -64,7 +76,7 @@ def _transition_fn(structure):
                                       for new, old in zip(new_state, state)))
         kept_gradient = tf.where(coord_ok, new_gradient, gradient)
         observation = features.observation(tf.cast(kept_gradient, tf.float32), kept_state,
-                                           config)
+                                           config, segments)
         return (tf.where(coord_ok, new_x, x), tf.where(ok, new_values, values), new_values,
                 kept_gradient, tuple(kept_state), observation)
 
@@ -97,6 +109,8 @@ class OptimizationEnv(py_environment.PyEnvironment):
         self._seeds = objectives.SPLITS[split]
         self._rng = np.random.default_rng(self.config.seed)
         self._batch = None
+        self._episode = 0
+        self._horizon = self.config.horizon
         self._batch_size = sum(n * _sample(family, self._seeds[0]).dim
                                for family, n in self._families)
 
@@ -114,11 +128,13 @@ class OptimizationEnv(py_environment.PyEnvironment):
     def action_spec(self):
         return array_spec.BoundedArraySpec((), np.float32, -1.0, 1.0, "action")
 
-    def get_state(self):
-        return self._rng.bit_generator.state
+    def get_state(self) -> dict:
+        """The sampler's state (JSON-able): what a resumed run needs to repeat this one."""
+        return {"rng": self._rng.bit_generator.state, "episode": self._episode}
 
-    def set_state(self, state):
-        self._rng.bit_generator.state = state
+    def set_state(self, state: dict):
+        self._rng.bit_generator.state = state["rng"]
+        self._episode = int(state["episode"])
 
     @property
     def objective_batch(self) -> objectives.ObjectiveBatch | None:
@@ -135,19 +151,41 @@ class OptimizationEnv(py_environment.PyEnvironment):
 
     def _sample_instances(self) -> list[objectives.Objective]:
         pool = min(self.config.pool_size, len(self._seeds))
-        return [_sample(family, self._seeds[int(i)])
-                for family, n in self._families
-                for i in self._rng.choice(pool, size=n, replace=n > pool)]
+        chosen = [_sample(family, self._seeds[int(i)])
+                  for family, n in self._families
+                  for i in self._rng.choice(pool, size=n, replace=n > pool)]
+        c = self.config
+        scales = 10.0 ** (self._rng.uniform(-1, 1, size=(len(chosen), 2))
+                          * [c.rescale, c.loss_rescale])
+        return [objectives.rescaled(o, *s) for o, s in zip(chosen, scales)]
+
+    def _sample_horizon(self) -> int:
+        low, high = self.config.horizon, max(self.config.max_horizon, self.config.horizon)
+        return int(round(np.exp(self._rng.uniform(np.log(low), np.log(high)))))
+
+    def _initial_state(self) -> tuple:
+        spread = self.config.initial_log_lr
+        log_lr = self._rng.uniform(-spread, spread, size=len(self._batch.objectives))
+        state = features.init_state([self._batch.size])._replace(log_lr=tf.constant(
+            log_lr[self._batch.instance_of_coordinate], tf.float32))
+        return tuple(state)
+
+    def _seed(self) -> tf.Tensor:
+        """The minibatch seed of this step: episode and step, so a run repeats exactly."""
+        return tf.constant([self.config.seed * 1_000_003 + self._episode, self._t], tf.int64)
 
     def _reset(self):
         self._batch = objectives.ObjectiveBatch(self._sample_instances())
         self._transition = _transition_fn(self._batch.structure)
         self._instance_of_coordinate = tf.constant(self._batch.instance_of_coordinate, tf.int32)
-        self._x = tf.constant(self._batch.initial_point(), tf.float64)
-        self._values, self._gradient = self._batch.tf_value_and_grad(self._x)
-        self._state = tuple(features.init_state([self._batch.size]))
+        self._episode += 1
+        self._horizon = self._sample_horizon()
         self._t = 0
-        observation = _observe(self._gradient, self._state, self.feature_config)
+        self._x = tf.constant(self._batch.initial_point(), tf.float64)
+        self._values, self._gradient = self._batch.tf_value_and_grad(self._x, self._seed())
+        self._state = self._initial_state()
+        segments = (self._instance_of_coordinate, len(self._batch.objectives))
+        observation = _observe(self._gradient, self._state, self.feature_config, segments)
         return ts.restart(observation.numpy(), batch_size=self.batch_size)
 
     def _step(self, action):
@@ -155,12 +193,13 @@ class OptimizationEnv(py_environment.PyEnvironment):
         before = self._values.numpy()
         self._x, self._values, new_values, self._gradient, self._state, observation = \
             self._transition(self._batch.tensors, self._instance_of_coordinate, action, self._x,
-                             self._values, self._gradient, self._state, self.feature_config)
+                             self._values, self._gradient, self._state, self.feature_config,
+                             self._seed() + tf.constant([0, 1], tf.int64))
         self._t += 1
         reward = self._reward(before, new_values.numpy())[self._batch.instance_of_coordinate]
         reward = reward.astype(np.float32)
         discount = np.ones(self.batch_size, np.float32)
-        if self._t >= self.config.horizon:
+        if self._t >= self._horizon:
             return ts.truncation(observation.numpy(), reward, discount)
         return ts.transition(observation.numpy(), reward, discount)
 

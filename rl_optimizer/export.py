@@ -5,9 +5,12 @@
 Signatures (names are the constants below; the README documents them):
 
   serving_default  one optimizer step for a flat block of N coordinates:
-                   gradient float32[N], state float32[N, S] → update float32[N], state float32[N, S]
+                   gradient float32[N], state float32[N, S], segments int32[N]
+                   → update float32[N], state float32[N, S]
                    The caller applies param ← param + update and keeps the returned state; a fresh
-                   coordinate's state is zeros. S is the second dimension of `state`.
+                   coordinate's state is zeros. S is the second dimension of `state`. segments
+                   says which parameter tensor each coordinate belongs to (ids in [0, N); all
+                   zeros for one tensor): the features' per-tensor statistics group by it.
   action           TF-Agents' policy signature (a `TimeStep` in, the action out):
                    step_type int32[N], reward, discount float32[N], observation float32[N, F]
                    → action float32[N].
@@ -31,6 +34,7 @@ STEP_SIGNATURE = "serving_default"
 ACTION_SIGNATURE = "action"
 GRADIENT = "gradient"
 STATE = "state"
+SEGMENTS = "segments"
 UPDATE = "update"
 OBSERVATION = "observation"
 ACTION = "action"
@@ -44,12 +48,25 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.float32, name=GRADIENT),
-        tf.TensorSpec([None, features.STATE_SIZE], tf.float32, name=STATE)])
-    def step(self, gradient, state):
-        tf.debugging.assert_equal(
-            tf.shape(gradient)[0], tf.shape(state)[0],
-            message="gradient[N] and state[N, S] must have the same number of coordinates N")
-        update, new_state = self.policy.step(gradient, features.unpack(state))
+        tf.TensorSpec([None, features.STATE_SIZE], tf.float32, name=STATE),
+        tf.TensorSpec([None], tf.int32, name=SEGMENTS)])
+    def step(self, gradient, state, segments):
+        n = tf.shape(gradient)[0]
+        checks = [
+            tf.debugging.assert_equal(
+                n, tf.shape(state)[0],
+                message="gradient[N] and state[N, S] must have the same number of coordinates N"),
+            tf.debugging.assert_equal(
+                n, tf.shape(segments)[0],
+                message="gradient[N] and segments[N] must have the same number of coordinates N"),
+            # Checked before the per-segment sums allocate max(segments) + 1 slots.
+            tf.debugging.assert_non_negative(segments, message="segments must be >= 0"),
+            tf.debugging.assert_less(segments, tf.maximum(n, 1),
+                                     message="segments must be < N (one id per tensor)")]
+        with tf.control_dependencies(checks):
+            count = tf.reduce_max(tf.concat([segments, [-1]], 0)) + 1
+            update, new_state = self.policy.step(gradient, features.unpack(state),
+                                                 features.Segments(segments, count))
         return {UPDATE: update, STATE: features.pack(new_state)}
 
     @tf.function(input_signature=[

@@ -4,32 +4,41 @@ The environment, the Keras optimizer and the exported SavedModel all call these 
 what the agent was trained on is exactly what it runs on (no train/serve skew). Everything is
 TensorFlow, elementwise, and works on tensors of any shape.
 
-Per coordinate the optimizer keeps S = 4 float32 numbers (a fresh coordinate's are zeros):
+Per coordinate the optimizer keeps S = 5 float32 numbers (a fresh coordinate's are zeros):
 
-  m       exponential average of the gradient (β1), as in Adam;
-  v       exponential average of the squared gradient (β2), as in Adam;
-  log_lr  the coordinate's last log step size relative to `learning_rate`, set by the policy;
-  t       how many steps the coordinate has taken (Adam's step count).
+  m        exponential average of the gradient (β1), as in Adam;
+  v        exponential average of the squared gradient (β2), as in Adam;
+  log_lr   the coordinate's log step size relative to `learning_rate`, which the policy
+           adapts one increment per step;
+  action   the policy's last increment, in [−1, 1];
+  t        how many steps the coordinate has taken (Adam's step count).
 
-The Keras optimizer keeps m, v and log_lr as slots and takes t from its step counter (a scalar
-broadcasts through every function here), so it needs three slots per parameter.
+The Keras optimizer keeps m, v, log_lr and action as slots and takes t from its step counter (a
+scalar broadcasts through every function here), so it needs four slots per parameter.
 
 One step, given the gradient g:
 
   1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ);
   2. observation = scale-free features of the gradient history (`observation`);
   3. action a ∈ [−1, 1] = policy(observation);
-  4. log_lr ← a·log_lr_max for a ≥ 0, |a|·log_lr_min for a < 0;
+  4. log_lr ← clip(log_lr + a·increment, log_lr_min, log_lr_max);
   5. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
-So the zero action is Adam with step size `learning_rate`, and the policy sets each coordinate's
-step size from what its gradient history shows (agreement of the gradient with its average,
-normalised magnitudes, the step count, and its own previous choice, which lets it act as a
-step-size controller in the manner of Rprop (Riedmiller & Braun 1993)), on an Adam direction
-(Kingma & Ba 2015), with the normalised preprocessing of Andrychowicz et al. (2016). An action
-acts on the step it is taken for, which keeps the credit assignment short for the agent.
+Scale-free by construction: nothing the policy sees depends on the units of the parameters or
+of the loss. The observation holds normalised gradient and momentum (Andrychowicz et al. 2016),
+the sign agreement of the gradient with its average, the alignment of gradient and momentum
+over the coordinate's whole tensor (`Segments`), the policy's own last increment and the step
+count; never the absolute step size. The step size itself is state: it starts at
+`learning_rate` (Adam's default, 1e-3, so a fresh coordinate's first step is Adam's) and the
+policy grows or shrinks it by learned log-step increments (Wichrowska et al. 2017), an Rprop-like
+controller (Riedmiller & Braun 1993) on an Adam direction (Kingma & Ba 2015). Training starts
+coordinates from step sizes drawn over orders of magnitude and on problems rescaled by powers
+of ten, so the policy learns to find the scale, not to remember one; the zero action keeps the
+step size (Adam at the current step size: the nominal behaviour out of distribution, as in
+Harrison et al. 2022).
 
-The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
+`learning_rate` multiplies every step: Keras schedules and callbacks drive it as they drive
+Adam's. The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
 """
 
 from __future__ import annotations
@@ -40,13 +49,19 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-STATE_SIZE = 4
-"""S: float32 numbers of optimizer state per coordinate (m, v, log_lr, t)."""
+STATE_SIZE = 5
+"""S: float32 numbers of optimizer state per coordinate (m, v, log_lr, action, t)."""
 
-OBSERVATION_SIZE = 5
+OBSERVATION_SIZE = 6
 """F: features per coordinate that the policy sees."""
 
-FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "log_lr", "log_step")
+FEATURE_NAMES = ("normalized_gradient", "normalized_momentum", "agreement", "tensor_alignment",
+                 "last_action", "log_step")
+"""The observation's columns, in order."""
+
+CONTRACT_VERSION = 2
+"""Bumped whenever the state, observation or update rule changes meaning; a policy records
+the version it was trained with and loads only under the same one."""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -59,12 +74,17 @@ class FeatureConfig:
     """Decay of the gradient average m."""
     beta2: float = 0.999
     """Decay of the squared-gradient average v."""
-    learning_rate: float = 0.1
-    """Step size at log_lr = 0 (what the zero action does)."""
-    log_lr_min: float = -7.0
-    """log_lr of the action -1 (the smallest step size, relative to `learning_rate`)."""
-    log_lr_max: float = 3.0
-    """log_lr of the action +1 (the largest step size, relative to `learning_rate`)."""
+    learning_rate: float = 1e-3
+    """Step size of a fresh coordinate (log_lr = 0): Adam's default."""
+    increment: float = 0.3
+    """Largest change of log_lr in one step (the action ±1)."""
+    nominal_gain: float = 3.0
+    """The nominal controller: log_lr's increment, in units of `increment`, per unit of tensor
+    alignment, to which the policy's action adds its correction (0: the policy alone)."""
+    log_lr_min: float = -9.0
+    """Smallest log_lr (the step size relative to `learning_rate`)."""
+    log_lr_max: float = 7.0
+    """Largest log_lr."""
     clip: float = 5.0
     """Bound on the normalised direction m/√v and on each observation feature."""
     epsilon: float = 1e-12
@@ -74,7 +94,9 @@ class FeatureConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("learning_rate", "clip", "epsilon"):
+        if self.nominal_gain < 0:
+            raise ValueError(f"features.nominal_gain must be >= 0, got {self.nominal_gain}")
+        for name in ("learning_rate", "increment", "clip", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
         if not self.log_lr_min < 0.0 < self.log_lr_max:
@@ -83,7 +105,7 @@ class FeatureConfig:
 
     @property
     def max_update(self) -> float:
-        """The largest |update| any coordinate can take in one step."""
+        """The largest |update| any coordinate can take in one step at `learning_rate`."""
         import math
 
         return self.learning_rate * math.exp(self.log_lr_max) * self.clip
@@ -95,6 +117,7 @@ class State(NamedTuple):
     m: tf.Tensor
     v: tf.Tensor
     log_lr: tf.Tensor
+    action: tf.Tensor
     t: tf.Tensor
 
 
@@ -119,9 +142,10 @@ class _Moments(NamedTuple):
     t: tf.Tensor
     direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
     rms: tf.Tensor  # √v̂ + ε
+    alignment: tf.Tensor  # see `_alignment`
 
 
-def _moments(gradient, state: State, config: FeatureConfig) -> _Moments:
+def _moments(gradient, state: State, config: FeatureConfig, segments) -> _Moments:
     t = state.t + 1.0
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
@@ -129,7 +153,39 @@ def _moments(gradient, state: State, config: FeatureConfig) -> _Moments:
     rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, t))) + config.epsilon
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
-    return _Moments(m, v, t, direction, rms)
+    return _Moments(m, v, t, direction, rms, _alignment(gradient, state.m, rms, segments))
+
+
+class Segments(NamedTuple):
+    """Which tensor each coordinate belongs to, where one call steps several tensors at once.
+
+    ids: int32, the gradient's shape, values in [0, count); count: the number of tensors.
+    Without `Segments`, all coordinates of a call are one tensor.
+    """
+
+    ids: tf.Tensor
+    count: tf.Tensor | int
+
+
+def _tensor_sum(x: tf.Tensor, segments: Segments | None) -> tf.Tensor:
+    """Each coordinate's sum of `x` over its tensor."""
+    if segments is None:
+        return tf.reduce_sum(x)
+    return tf.gather(tf.math.unsorted_segment_sum(x, segments.ids, segments.count), segments.ids)
+
+
+def _alignment(gradient, m, rms, segments) -> tf.Tensor:
+    """Cosine, over the coordinate's tensor, of the preconditioned gradient and momentum.
+
+    Positive while steps keep going the same way (the step size could grow), negative after
+    overshooting: the sign of the hypergradient of the step size (Baydin et al. 2018), which
+    minibatch noise, averaged over a tensor, does not hide as it hides each coordinate's.
+    """
+    finite = tf.math.is_finite(gradient)
+    a = tf.where(finite, gradient / rms, tf.zeros_like(gradient))
+    b = tf.where(finite, m / rms, tf.zeros_like(m))
+    dot, aa, bb = (_tensor_sum(x, segments) for x in (a * b, a * a, b * b))
+    return dot / tf.sqrt(aa * bb + 1e-30)
 
 
 def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) -> tf.Tensor:
@@ -140,7 +196,8 @@ def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) 
         moments.direction,
         # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
         tf.sign(gradient) * tf.sign(state.m),
-        ones * (state.log_lr / max(-config.log_lr_min, config.log_lr_max)),
+        ones * moments.alignment,
+        state.action,
         ones * (tf.math.log(moments.t) / _LOG_STEP_SCALE),
     ]
     # A non-finite gradient is skipped by `_apply`; its observation must still be a number.
@@ -149,16 +206,22 @@ def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) 
                     axis=-1)
 
 
-def observation(gradient: tf.Tensor, state: State, config: FeatureConfig) -> tf.Tensor:
+def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
+                segments: Segments | None = None) -> tf.Tensor:
     """Features [..., F] of the gradient history, for each coordinate of `gradient`."""
-    return _features(gradient, state, _moments(gradient, state, config), config)
+    return _features(gradient, state, _moments(gradient, state, config, segments), config)
 
 
-def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig):
-    action = tf.clip_by_value(action, -1.0, 1.0)
-    log_lr = action * tf.where(action > 0, config.log_lr_max, -config.log_lr_min)
-    update = -config.learning_rate * tf.exp(log_lr) * moments.direction
-    new_state = State(moments.m, moments.v, log_lr, moments.t)
+def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig,
+           learning_rate=None):
+    # The nominal controller's increment plus the policy's correction.
+    action = tf.clip_by_value(config.nominal_gain * moments.alignment
+                              + tf.clip_by_value(action, -1.0, 1.0), -1.0, 1.0)
+    log_lr = tf.clip_by_value(state.log_lr + config.increment * action, config.log_lr_min,
+                              config.log_lr_max)
+    lr = config.learning_rate if learning_rate is None else learning_rate
+    update = -lr * tf.exp(log_lr) * moments.direction
+    new_state = State(moments.m, moments.v, log_lr, action, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)
     update = tf.where(finite, update, tf.zeros_like(update))
@@ -166,15 +229,22 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     return update, new_state
 
 
-def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State,
-                 config: FeatureConfig) -> tuple[tf.Tensor, State]:
-    """(update, new_state) for a given action ∈ [−1, 1] of each coordinate."""
-    return _apply(action, gradient, state, _moments(gradient, state, config), config)
+def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State, config: FeatureConfig,
+                 learning_rate=None, segments: Segments | None = None
+                 ) -> tuple[tf.Tensor, State]:
+    """(update, new_state) for a given action ∈ [−1, 1] of each coordinate.
+
+    `learning_rate` (a scalar, e.g. a Keras schedule's value) replaces
+    `config.learning_rate` as the multiplier of the step.
+    """
+    return _apply(action, gradient, state, _moments(gradient, state, config, segments), config,
+                  learning_rate)
 
 
 def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: State,
-         config: FeatureConfig) -> tuple[tf.Tensor, State]:
+         config: FeatureConfig, learning_rate=None,
+         segments: Segments | None = None) -> tuple[tf.Tensor, State]:
     """One optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
-    moments = _moments(gradient, state, config)
+    moments = _moments(gradient, state, config, segments)
     action = actor(_features(gradient, state, moments, config))
-    return _apply(action, gradient, state, moments, config)
+    return _apply(action, gradient, state, moments, config, learning_rate)

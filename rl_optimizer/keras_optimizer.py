@@ -3,9 +3,11 @@
     model.compile(optimizer=LearnedOptimizer("path/to/export"), loss=...)
 
 Every step is `features.step` with the policy's actor: the same code the agent was trained on and
-TF Serving runs, so Keras sees no train/serve skew. Each parameter keeps the state m, v and
-log_lr in three slot variables; the state's step count t is the optimizer's `iterations`, one
-scalar for all (as in Keras' Adam).
+TF Serving runs, so Keras sees no train/serve skew. Each parameter keeps the state m, v, log_lr
+and the last action in four slot variables; the state's step count t is the optimizer's
+`iterations`, one scalar for all (as in Keras' Adam). `learning_rate` multiplies every step, as
+Adam's does: a float, a `LearningRateSchedule`, or a value callbacks such as
+`ReduceLROnPlateau` and `LearningRateScheduler` set.
 
 Per variable and step, a gradient with a non-finite value leaves the variable and its slots
 unchanged and adds one to `skipped_steps`; otherwise each coordinate moves by at most
@@ -23,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from rl_optimizer import features
-from rl_optimizer.policy import LearnedPolicy, load_policy
+from rl_optimizer.policy import LearnedPolicy, check_contract, load_policy
 
 __all__ = ["STATISTICS", "UPDATE_SAMPLE", "LearnedOptimizer", "policy_from_config",
            "policy_to_config"]
@@ -34,13 +36,14 @@ STATISTICS = ("update_norm_sq", "gradient_norm_sq")
 UPDATE_SAMPLE = 4096
 """‖update‖² of a larger variable is estimated from this many evenly spaced coordinates."""
 
-_SLOTS = ("m", "v", "log_lr")
+_SLOTS = ("m", "v", "log_lr", "action")
 """`features.State` kept per coordinate, one slot each; its step count t is the optimizer's."""
 
 
 def policy_to_config(policy: LearnedPolicy) -> dict:
     """The policy as plain JSON-able Python: weights, hidden sizes and feature constants."""
     return {
+        "contract": features.CONTRACT_VERSION,
         "hidden": list(policy.hidden),
         "kernels": [k.numpy().tolist() for k in policy.kernels],
         "biases": [b.numpy().tolist() for b in policy.biases],
@@ -50,9 +53,10 @@ def policy_to_config(policy: LearnedPolicy) -> dict:
 
 def policy_from_config(config: dict) -> LearnedPolicy:
     """Inverse of `policy_to_config`."""
-    unknown = set(config) - {"hidden", "kernels", "biases", "feature_config"}
+    unknown = set(config) - {"contract", "hidden", "kernels", "biases", "feature_config"}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in a policy config")
+    check_contract(config.get("contract"), "in the optimizer's config")
     policy = LearnedPolicy([np.asarray(k, np.float32) for k in config["kernels"]],
                            [np.asarray(b, np.float32) for b in config["biases"]],
                            features.FeatureConfig(**config["feature_config"]))
@@ -71,11 +75,11 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         directory, or a model directory whose highest version is used), a `LearnedPolicy`, or
         the dict `policy_to_config` makes (what `get_config` stores, so a saved model reloads
         without the export).
-      learning_rate: optional base step size replacing the policy's own
-        (`feature_config.learning_rate`, what the zero action steps). The policy's features are
-        scale-free, so this runs the same policy as if the parameters were measured in other
-        units: the one knob to tune, like Adam's learning rate, on models whose scale is far
-        from the training problems'. None keeps the policy's.
+      learning_rate: the multiplier of every step (a fresh coordinate steps like Adam with
+        this learning rate; the policy then adapts each coordinate's step size relative to
+        it): a float, or a `tf.keras.optimizers.schedules.LearningRateSchedule`. None: the
+        policy's own (`feature_config.learning_rate`, 1e-3 as Adam's). The policy finds the
+        scale itself, so it needs no tuning; schedules and callbacks drive it as Adam's.
       name: name of the optimizer, the prefix of its slot variables.
       jit_compile: compile each dense variable's update with XLA, also on CPU (Keras' own
         optimizers use XLA only on GPU); the learned update is some 40 elementwise ops and a tiny
@@ -95,25 +99,16 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         # Keras' `jit_compile` wraps every update, sparse ones too; ours compiles dense ones only.
         super().__init__(name=name, jit_compile=False, weight_decay=weight_decay, **kwargs)
         policy = policy_from_config(policy) if isinstance(policy, dict) else load_policy(policy)
-        if learning_rate is not None:
-            if not learning_rate > 0:
-                raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-            policy = LearnedPolicy(
-                [k.numpy() for k in policy.kernels], [b.numpy() for b in policy.biases],
-                dataclasses.replace(policy.feature_config, learning_rate=float(learning_rate)),
-                metadata=policy.metadata)
         self._set_policy(policy)
         self.jit_update = bool(jit_compile)
-        # No schedule: the step size is the policy's, see `learning_rate`.
-        self._learning_rate = None
-
-    @property
-    def learning_rate(self) -> float:
-        """The base step size at log_lr = 0 (`feature_config.learning_rate`); read-only.
-
-        Set it through the constructor's `learning_rate`; `weight_decay` scales by it.
-        """
-        return self.policy.feature_config.learning_rate
+        if learning_rate is None:
+            learning_rate = policy.feature_config.learning_rate
+        if not isinstance(learning_rate, tf.keras.optimizers.schedules.LearningRateSchedule):
+            if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) \
+                    or not learning_rate > 0:
+                raise ValueError("learning_rate must be a number > 0 or a LearningRateSchedule, "
+                                 f"got {learning_rate!r}")
+        self._learning_rate = self._build_learning_rate(learning_rate)
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def _set_policy(self, policy: LearnedPolicy):
@@ -174,7 +169,8 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         Where any value of `gradient` is non-finite: no update, no change.
         """
         state = features.State(*values, t=self._step_count(gradient))
-        update, new_state = features.step(actor, gradient, state, self.policy.feature_config)
+        update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
+                                          tf.cast(self.learning_rate, gradient.dtype))
         # In float64 ‖g‖² cannot overflow: it is finite exactly when every value of g is, and
         # one reduction serves both the check and the statistics.
         gradient_sq = _sum_of_squares(gradient)
@@ -218,7 +214,11 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(policy=policy_to_config(self.policy), jit_compile=self.jit_update)
+        learning_rate = self._serialize_hyperparameter(self._learning_rate)
+        if not isinstance(learning_rate, dict):  # a schedule serializes to a dict
+            learning_rate = float(learning_rate)  # not numpy's float32: JSON must take it
+        config.update(policy=policy_to_config(self.policy), jit_compile=self.jit_update,
+                      learning_rate=learning_rate)
         return config
 
 

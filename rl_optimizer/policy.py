@@ -92,14 +92,17 @@ class LearnedPolicy(tf.Module):
                 units = [tf.nn.relu(u) for u in units]
         return tf.tanh(units[0])
 
-    def step(self, gradient: tf.Tensor, state: features.State) -> tuple[tf.Tensor, features.State]:
-        """One optimizer step for coordinates of any shape (see `features.step`)."""
-        return features.step(self.actor, gradient, state, self.feature_config)
+    def step(self, gradient: tf.Tensor, state: features.State,
+             segments: features.Segments | None = None) -> tuple[tf.Tensor, features.State]:
+        """One optimizer step for coordinates of any shape (see `features.step`); all of them
+        one tensor unless `segments` says which tensor each belongs to."""
+        return features.step(self.actor, gradient, state, self.feature_config,
+                             segments=segments)
 
     def manifest(self) -> dict:
         """What `load_policy` needs besides the weights, plus the metadata."""
         return {
-            "format": 1,
+            "format": features.CONTRACT_VERSION,
             "hidden": list(self.hidden),
             "state_size": features.STATE_SIZE,
             "observation_size": features.OBSERVATION_SIZE,
@@ -121,6 +124,15 @@ def _check_layers(kernels, biases):
         fan_in = k_shape[1]
     if fan_in != 1:
         raise ValueError(f"policy's last layer must have one output, got {fan_in}")
+
+
+def check_contract(version, where: str) -> None:
+    """Raises a clear error unless a policy's features contract `version` is this package's."""
+    if version != features.CONTRACT_VERSION:
+        raise ValueError(
+            f"policy {where!r} was trained under features contract {version}, this version of "
+            f"rl_optimizer runs contract {features.CONTRACT_VERSION} (state, observation and "
+            "update rule differ): retrain it, or load it with the rl_optimizer that made it")
 
 
 def resolve_version_dir(path: str) -> str:
@@ -163,6 +175,7 @@ def load_policy(policy: str | LearnedPolicy = "default") -> LearnedPolicy:
                          f"(no assets.extra/{MANIFEST})")
     with open(manifest_path) as f:
         manifest = json.load(f)
+    check_contract(manifest.get("format"), version_dir)
     if manifest.get("state_size") != features.STATE_SIZE:
         raise ValueError(f"policy {version_dir!r} has state size {manifest.get('state_size')}, "
                          f"this version of rl_optimizer uses {features.STATE_SIZE}")

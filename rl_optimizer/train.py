@@ -250,12 +250,16 @@ def _iterate(run: _Run, iterator):
 
 
 def selection_score(evaluation: dict) -> float:
-    """Win rate against tuned Adam, minus one per diverged run (higher is better).
+    """Mean of the win rates against tuned Adam in steps to ε and in final gap, minus one per
+    diverged run (higher is better).
 
-    A win rate is at most 1, so any policy with a divergence ranks below every policy without
-    one: the quality bar allows none.
+    Steps to ε rank policies on problems optimizers solve; the final gap ranks them where
+    neither reaches ε in the budget, as on networks. A win rate is at most 1, so any policy
+    with a divergence ranks below every policy without one: the quality bar allows none.
     """
-    return float(evaluation["win_rate_vs_adam"]) - float(evaluation["divergences"])
+    wins = (float(evaluation["win_rate_vs_adam"])
+            + float(evaluation.get("final_win_rate_vs_adam", evaluation["win_rate_vs_adam"])))
+    return wins / 2 - float(evaluation["divergences"])
 
 
 class _BestPolicy:

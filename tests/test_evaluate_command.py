@@ -49,28 +49,39 @@ def test_families_run_no_keras_tasks_and_the_verdict_is_printed(tmp_path, capsys
 
 
 def test_keras_tasks_by_flag_with_a_bar(tmp_path, capsys, monkeypatch, exported_policy):
+    from test_evaluation import _fake_keras_tasks  # one wine_mlp result in the suite's format
+
     seen = {}
 
     def fake(policy, tasks, epochs, progress):
         seen.update(tasks=list(tasks), epochs=epochs)
-        for _ in tasks:
-            progress(1)
-        run = {"loss": [1.0], "test_accuracy": [0.5]}
-        return {t: {"epochs": epochs, "learned": run, "adam": {**run, "learning_rate": 1e-3},
-                    "learned_tuned": {**run, "learning_rate": 1e-3}} for t in tasks}
+        return _fake_keras_tasks(policy, tasks, epochs, progress)
 
     monkeypatch.setattr(keras_tasks, "run_keras_tasks", fake)
     code = cli.main(["evaluate", "--policy", exported_policy, "--families", "quadratic", *TINY,
-                     "--keras-tasks", "all", "--keras-epochs", "1",
+                     "--keras-tasks", "wine_mlp", "--keras-epochs", "1",
                      "--out", str(tmp_path / "out")])
 
     assert code == 0
-    assert seen == {"tasks": list(keras_tasks.TASKS), "epochs": 1}
-    err = capsys.readouterr().err
-    assert f"{len(keras_tasks.TASKS)}/{len(keras_tasks.TASKS)} [" in err
+    assert seen == {"tasks": ["wine_mlp"], "epochs": 1}
+    assert "1/1 [" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["mlpp", "mlp,transformer", ","])
+@pytest.mark.parametrize("flags,families,expected", [
+    (["--keras-tasks", "all"], "quadratic", tuple(keras_tasks.TASKS)),
+    ([], None, tuple(keras_tasks.TASKS)),
+    ([], "quadratic", ()),
+    (["--keras-tasks", "all", "--keras-epochs", "0"], None, ()),
+    (["--keras-tasks", "none"], None, ()),
+])
+def test_which_keras_tasks_run(flags, families, expected):
+    from rl_optimizer.evaluation import command
+
+    argv = ["evaluate", "--out", "x", *flags] + (["--families", families] if families else [])
+    assert command.keras_task_names(cli.build_parser().parse_args(argv)) == expected
+
+
+@pytest.mark.parametrize("value", ["wine_mlpp", "wine_mlp,transformer", ","])
 def test_an_unknown_keras_task_exits_2_before_any_work(tmp_path, capsys, value):
     out = tmp_path / "out"
     code = cli.main(["evaluate", "--families", "quadratic", "--keras-tasks", value,

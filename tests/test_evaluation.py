@@ -185,12 +185,15 @@ def _evaluate_cli(argv):
 
 
 def _fake_keras_tasks(policy, tasks, epochs, progress):
-    assert list(tasks) == ["mlp"]
+    assert list(tasks) == ["wine_mlp"]
     progress(1)
-    run = {"loss": [1.0, 0.5], "test_accuracy": [0.5, 0.8]}
-    return {"mlp": {"epochs": epochs, "learned": run,
-                    "learned_tuned": {**run, "learning_rate": 3e-3, "tuning": {}},
-                    "adam": {**run, "learning_rate": 1e-3, "tuning": {}}}}
+    run = {"loss": [1.0, 0.5], "final_loss": 0.5, "test_metric": 0.8, "diverged": False}
+    runs = {"learned": run, "adam_default": run,
+            "adam_tuned": {**run, "learning_rate": 1e-3, "tuning": {}},
+            "momentum_tuned": {**run, "learning_rate": 1e-2, "tuning": {}}}
+    return {"wine_mlp": {"epochs": epochs, "description": "wine", "metric": "accuracy",
+                         "runs": runs, "wins": {k: False for k in runs if k != "learned"},
+                         "speedup_vs_adam_tuned": 1.0}}
 
 
 def test_cli_end_to_end_writes_report_csv_plots_and_tensorboard(tmp_path, exported_policy,
@@ -200,14 +203,14 @@ def test_cli_end_to_end_writes_report_csv_plots_and_tensorboard(tmp_path, export
     readme.write_text("# Project\n\nIntro.\n")
     rc = _evaluate_cli(["--policy", exported_policy, "--families", "quadratic,rastrigin",
                         "--instances", "3", "--steps", "50", "--tuning-instances", "2",
-                        "--keras-tasks", "mlp", "--keras-epochs", "2", "--out", str(out),
+                        "--keras-tasks", "wine_mlp", "--keras-epochs", "2", "--out", str(out),
                         "--readme", str(readme)])
     assert rc == 0
     report = (out / "report.md").read_text()
     for text in ("## quadratic", "## rastrigin", "vs adam", "global basin", "Quality bar",
-                 "## Keras models on digits"):
+                 "## Keras suite"):
         assert text in report
-    assert (out / "keras_digits.png").exists()
+    assert (out / "keras_suite.png").exists()
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 9 * 3
@@ -264,14 +267,36 @@ def test_a_failing_keras_part_keeps_the_sweep(monkeypatch, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_keras_mlp_on_digits_learned_vs_tuned_adam():
-    if keras_tasks.learned_optimizer_class()[0] is None:
-        pytest.skip("rl_optimizer.keras_optimizer is not available yet")
-    result = keras_tasks.run_keras_tasks(LearnedPolicy.random(), tasks=["mlp"], epochs=2,
-                                         grid=[1e-3, 1e-2])
-    mlp = result["mlp"]
-    assert mlp["adam"]["learning_rate"] in (1e-3, 1e-2)
-    assert mlp["learned_tuned"]["learning_rate"] in (1e-3, 1e-2)
-    for name in ("learned", "learned_tuned", "adam"):
-        assert len(mlp[name]["loss"]) == len(mlp[name]["test_accuracy"]) == 2
-        assert 0.0 <= mlp[name]["test_accuracy"][-1] <= 1.0
+def test_keras_suite_runs_learned_adam_and_momentum_and_scores_them():
+    policy = LearnedPolicy.random(hidden=(4,), seed=0)
+    result = keras_tasks.run_keras_tasks(policy, tasks=["wine_mlp", "tokens_embedding"],
+                                         epochs=2, adam_grid=[1e-3, 1e-2],
+                                         momentum_grid=[1e-2, 1e-1])
+    assert set(result) == {"wine_mlp", "tokens_embedding"}
+    for task in result.values():
+        runs = task["runs"]
+        assert set(runs) == {"learned", "adam_default", "adam_tuned", "momentum_tuned"}
+        assert runs["adam_tuned"]["learning_rate"] in (1e-3, 1e-2)
+        assert runs["momentum_tuned"]["learning_rate"] in (1e-2, 1e-1)
+        for run in runs.values():
+            assert len(run["loss"]) == 2 and np.isfinite(run["final_loss"])
+            assert 0.0 <= run["test_metric"] <= 1.0
+        wins = task["wins"]
+        assert wins["adam_default"] == (runs["learned"]["final_loss"]
+                                        < runs["adam_default"]["final_loss"])
+        assert task["speedup_vs_adam_tuned"] >= 0
+    summary = keras_tasks.suite_summary(result)
+    assert summary["tasks"] == 2 and 0 <= summary["win_rate_vs_adam_tuned"] <= 1
+    assert "| wine_mlp | LearnedOptimizer() |" in keras_tasks.keras_markdown(result)
+
+
+def test_speedup_is_velos_measure():
+    learned = {"loss": [1.0, 0.5, 0.2, 0.1], "diverged": False}
+    assert keras_tasks.speedup(learned, {"loss": [1.0, 0.8, 0.4, 0.3]}) == np.inf
+    assert keras_tasks.speedup(learned, {"loss": [0.5, 0.2, 0.1, 0.05]}) == 0.75
+    assert keras_tasks.speedup({**learned, "diverged": True}, {"loss": [1.0]}) == 0.0
+
+
+def test_unknown_keras_task_is_named():
+    with pytest.raises(ValueError, match="'nope'"):
+        keras_tasks.run_keras_tasks(LearnedPolicy.random(), tasks=["nope"])

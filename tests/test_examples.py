@@ -17,13 +17,15 @@ def _load(name: str):
 
 
 @pytest.mark.slow
-def test_keras_digits_leaves_no_temporary_directory(tmp_path, monkeypatch, capsys):
+def test_keras_digits_leaves_no_temporary_directory(tmp_path, monkeypatch, capsys,
+                                                    exported_policy):
     scratch = tmp_path / "tmp"
     scratch.mkdir()  # where tempfile puts its directories during the test
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     logs = tmp_path / "logs"
 
-    _load("keras_digits").main(["--epochs", "1", "--log-dir", str(logs)])
+    _load("keras_digits").main(["--policy", exported_policy, "--epochs", "1",
+                                "--log-dir", str(logs)])
 
     out = capsys.readouterr().out
     assert "reloaded" in out and "adam: train_loss" in out

@@ -12,8 +12,8 @@ def _zero_actor(observation):
     return tf.zeros(tf.shape(observation)[:-1], observation.dtype)
 
 
-def test_zero_action_is_keras_adam():
-    config = FeatureConfig(learning_rate=0.05, epsilon=1e-12)
+def test_zero_action_without_the_nominal_controller_is_keras_adam():
+    config = FeatureConfig(learning_rate=0.05, epsilon=1e-12, nominal_gain=0.0)
     rng = np.random.default_rng(0)
     var = tf.Variable(rng.normal(size=7).astype(np.float32))
     adam = tf.keras.optimizers.Adam(0.05, epsilon=1e-12)
@@ -89,8 +89,49 @@ def test_zero_gradient_takes_no_step():
     np.testing.assert_array_equal(update, np.zeros(3))
 
 
+def _log_lrs(gradients, config, segments=None):
+    state = features.init_state(gradients[0].shape)
+    for g in gradients:
+        _, state = features.step(_zero_actor, tf.constant(g, tf.float32), state, config,
+                                 segments=segments)
+    return state.log_lr.numpy()
+
+
+def test_nominal_controller_grows_steps_that_keep_their_direction():
+    """Zero action: a steady gradient grows the step size; an alternating one shrinks it."""
+    config = FeatureConfig()
+    steady = [np.array([1.0, -2.0, 0.5])] * 10
+    alternating = [np.array([1.0, -2.0, 0.5]) * (-1) ** t for t in range(10)]
+    assert np.all(_log_lrs(steady, config) > 2.0)
+    assert np.all(_log_lrs(alternating, config) < -1.0)
+
+
+def test_alignment_is_per_tensor():
+    """Segments: each tensor's step size follows its own alignment, not its neighbour's."""
+    gradients = [np.array([1.0, 2.0, (-1.0) ** t, -(-1.0) ** t], np.float32) for t in range(8)]
+    segments = features.Segments(tf.constant([0, 0, 1, 1]), 2)
+    log_lr = _log_lrs(gradients, FeatureConfig(), segments)
+    assert log_lr[0] == log_lr[1] > 0 > log_lr[2] == log_lr[3]
+
+
+def test_scale_free():
+    """Gradients scaled by any power of ten give the same observations and step sizes."""
+    rng = np.random.default_rng(3)
+    gradients = [rng.normal(size=5).astype(np.float32) for _ in range(6)]
+    config = FeatureConfig()
+    states = [features.init_state([5])] * 2
+    for g in gradients:
+        obs = [features.observation(tf.constant(g * c), s, config)
+               for c, s in zip((1.0, 1e4), states)]
+        np.testing.assert_allclose(obs[0], obs[1], rtol=1e-4, atol=1e-5)
+        states = [features.step(_zero_actor, tf.constant(g * c), s, config)[1]
+                  for c, s in zip((1.0, 1e4), states)]
+    np.testing.assert_allclose(states[0].log_lr, states[1].log_lr, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("field,value", [("beta1", 1.0), ("learning_rate", 0.0),
-                                         ("log_lr_min", 0.0), ("clip", -1.0)])
+                                         ("log_lr_min", 0.0), ("clip", -1.0),
+                                         ("increment", 0.0), ("nominal_gain", -1.0)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})

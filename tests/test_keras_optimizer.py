@@ -90,19 +90,20 @@ def test_updates_are_features_step(exported_policy, jit_compile, graph):
             else:  # param += update, bit for bit
                 np.testing.assert_array_equal(var.numpy(), old + expected.numpy())
     slots = optimizer._slots[optimizer._index_dict[optimizer._var_key(a)]]
-    for slot, expected in zip(slots, state_a):  # m, v, log_lr (t is the optimizer's count)
+    for slot, expected in zip(slots, state_a):  # m, v, log_lr, action (t: optimizer's count)
         np.testing.assert_allclose(slot.numpy(), expected, rtol=1e-5 if jit_compile or graph
                                    else 0, atol=1e-8 if jit_compile or graph else 0)
 
 
-def test_three_slots_per_parameter(exported_policy):
+def test_four_slots_per_parameter(exported_policy):
     model, _ = _fit(LearnedOptimizer(exported_policy), epochs=1)
     parameters = model.count_params()
     optimizer = model.optimizer
     slot_size = sum(int(np.prod(v.shape)) for slots in optimizer._slots for v in slots)
-    assert slot_size == 3 * parameters  # m, v, log_lr; the step count t is the optimizer's
+    # m, v, log_lr, action; the step count t is the optimizer's
+    assert slot_size == (features.STATE_SIZE - 1) * parameters
     # Besides the slots: iterations, skipped_steps and the statistics vector.
-    assert len(optimizer.variables) == 3 + 3 * len(model.trainable_variables)
+    assert len(optimizer.variables) == 3 + 4 * len(model.trainable_variables)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -228,9 +229,10 @@ def test_non_finite_gradient_skips_variable_and_is_counted(exported_policy, jit_
     optimizer.apply_gradients([(tf.constant([np.inf, 1.0, 1.0]), a), (tf.ones([2]), b)])
     assert optimizer.skipped_steps.numpy() == 2
     slots_a = [v.numpy() for v in optimizer._slots[0]]
-    for old, new in zip(before[:3] + [before[6]], slots_a + [a.numpy()]):
+    k = len(slots_a)  # slots per variable
+    for old, new in zip(before[:k] + [before[2 * k]], slots_a + [a.numpy()]):
         np.testing.assert_array_equal(old, new)  # a and its state: untouched
-    assert not np.array_equal(before[7], b.numpy())  # b: stepped as usual
+    assert not np.array_equal(before[2 * k + 1], b.numpy())  # b: stepped as usual
     statistics = optimizer.last_step_statistics()
     assert statistics["skipped_steps"] == 2 and np.isfinite(statistics["update_gradient_ratio"])
 
@@ -271,21 +273,62 @@ def test_monitor_writes_optimizer_statistics(exported_policy, tmp_path):
     assert 0 < statistics["update_gradient_ratio"] < np.inf
 
 
-def test_learning_rate_rescales_the_policy_base_step(exported_policy):
-    """learning_rate replaces the base step; with it, the update is features.step's with it."""
-    import dataclasses
-
+def test_learning_rate_multiplies_the_step(exported_policy):
+    """learning_rate is the step's multiplier: features.step with it, round-tripped by config."""
     policy = load_policy(exported_policy)
     optimizer = LearnedOptimizer(policy=exported_policy, learning_rate=0.004)
-    assert optimizer.learning_rate == pytest.approx(0.004)
+    assert float(optimizer.learning_rate) == pytest.approx(0.004)
     restored = LearnedOptimizer.from_config(optimizer.get_config())
-    assert restored.learning_rate == pytest.approx(0.004)
+    assert float(restored.learning_rate) == pytest.approx(0.004)
     var = tf.Variable([0.5, -1.0, 2.0])
     grad = tf.constant([0.3, -0.2, 0.1])
     optimizer.apply_gradients([(grad, var)])
-    config = dataclasses.replace(policy.feature_config, learning_rate=0.004)
-    update, _ = features.step(policy.actor, grad, features.init_state([3]), config)
+    update, _ = features.step(policy.actor, grad, features.init_state([3]),
+                              policy.feature_config, learning_rate=0.004)
     np.testing.assert_allclose(var.numpy(), np.array([0.5, -1.0, 2.0]) + update.numpy(),
                                rtol=1e-6)
-    with pytest.raises(ValueError, match="learning_rate"):
-        LearnedOptimizer(policy=exported_policy, learning_rate=0.0)
+    for bad in (0.0, -1.0, "fast", True):
+        with pytest.raises(ValueError, match="learning_rate"):
+            LearnedOptimizer(policy=exported_policy, learning_rate=bad)
+
+
+def test_default_learning_rate_is_the_policys(exported_policy):
+    optimizer = LearnedOptimizer(exported_policy)
+    expected = load_policy(exported_policy).feature_config.learning_rate
+    assert float(optimizer.learning_rate) == pytest.approx(expected)
+
+
+def test_learning_rate_schedule_drives_the_step(exported_policy):
+    """A LearningRateSchedule, as Keras tests Adam's: the step scales with the schedule."""
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=1,
+                                                              decay_rate=0.5)
+    optimizer = LearnedOptimizer(exported_policy, learning_rate=schedule)
+    fixed = LearnedOptimizer(exported_policy, learning_rate=0.01)
+    a, b = tf.Variable(tf.ones([4])), tf.Variable(tf.ones([4]))
+    grads = _gradients(3)
+    deltas = []
+    for g in grads:
+        before = a.numpy(), b.numpy()
+        optimizer.apply_gradients([(g[0], a)])
+        fixed.apply_gradients([(g[0], b)])
+        deltas.append((a.numpy() - before[0], b.numpy() - before[1]))
+    for t, (scheduled, constant) in enumerate(deltas):
+        np.testing.assert_allclose(scheduled, constant * 0.5 ** t, rtol=1e-4, atol=1e-9)
+    restored = LearnedOptimizer.from_config(optimizer.get_config())
+    assert isinstance(restored._learning_rate, tf.keras.optimizers.schedules.ExponentialDecay)
+
+
+@pytest.mark.parametrize("callback", ["reduce_on_plateau", "scheduler"])
+def test_keras_learning_rate_callbacks(exported_policy, callback):
+    if callback == "scheduler":
+        cb = tf.keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-4 * (epoch + 1))
+        expected = 3e-4
+    else:  # no improvement counts (min_delta): after the first epoch, each one halves the lr
+        cb = tf.keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
+                                                  min_delta=1e9)
+        expected = 1e-3 * 0.5 ** 2
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(LearnedOptimizer(exported_policy, learning_rate=1e-3), loss="mse")
+    x, y = np.ones((8, 2), np.float32), np.zeros((8, 1), np.float32)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[cb])
+    assert float(model.optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)

@@ -60,7 +60,8 @@ def test_mlp_relu_variant():
 @pytest.mark.parametrize("name", FAMILIES)
 def test_value_at_minimizer_is_f_star(name):
     objective = sample(name)
-    assert objective.x_star is not None
+    if objective.x_star is None:
+        pytest.skip("minimum approached, not attained (test_networks.py checks it)")
     assert abs(objective.value(objective.x_star) - objective.f_star) <= 1e-9 * max(
         1.0, abs(objective.f_star))
     assert objective.value(objective.x0) > objective.f_star
@@ -70,6 +71,8 @@ def test_value_at_minimizer_is_f_star(name):
 def test_minimizer_is_a_local_minimum(name):
     # L-BFGS from a nearby point finds nothing lower than f_star, and gets back to it.
     objective = sample(name)
+    if objective.x_star is None:
+        pytest.skip("minimum approached, not attained (test_networks.py checks it)")
     rng = np.random.default_rng(1)
     start = objective.x_star + 1e-3 * rng.normal(size=objective.dim)
     f, _ = reference_minimum(objective.value_and_grad, [start])

@@ -36,11 +36,13 @@ def _assert_same_weights(a: LearnedPolicy, b: LearnedPolicy):
 
 
 def _gradient_and_state(n=300, seed=0):
-    """A gradient [N] and a mid-run state [N, S] (t > 0, v > 0, some log_lr)."""
+    """A gradient [N] and a mid-run state [N, S] (t > 0, v > 0, some log_lr and action)."""
     rng = np.random.default_rng(seed)
     gradient = rng.normal(size=n).astype(np.float32)
-    state = np.stack([rng.normal(size=n), rng.uniform(0.1, 2.0, n), rng.uniform(-3, 1, n),
-                      rng.integers(1, 50, n)], axis=-1).astype(np.float32)
+    columns = {"m": rng.normal(size=n), "v": rng.uniform(0.1, 2.0, n),
+               "log_lr": rng.uniform(-3, 1, n), "action": rng.uniform(-1, 1, n),
+               "t": rng.integers(1, 50, n)}
+    state = np.stack([columns[k] for k in features.State._fields], axis=-1).astype(np.float32)
     return tf.constant(gradient), tf.constant(state)
 
 
@@ -104,22 +106,51 @@ def test_serving_default_signature_is_policy_step(exported):
     policy, version_dir = exported
     step = tf.saved_model.load(version_dir).signatures["serving_default"]
     gradient, state = _gradient_and_state()
+    n = gradient.shape[0]
+    segments = tf.constant([0] * (n // 2) + [1] * (n - n // 2), tf.int32)
 
-    out = step(gradient=gradient, state=state)
+    out = step(gradient=gradient, state=state, segments=segments)
 
     assert set(out) == {"update", "state"}
-    update, new_state = policy.step(gradient, features.unpack(state))
+    update, new_state = policy.step(gradient, features.unpack(state),
+                                    features.Segments(segments, 2))
     np.testing.assert_allclose(out["update"], update, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out["state"], features.pack(new_state), rtol=1e-6, atol=1e-7)
-    assert out["state"].shape == (gradient.shape[0], features.STATE_SIZE)
+    assert out["state"].shape == (n, features.STATE_SIZE)
+    one = step(gradient=gradient, state=state, segments=tf.zeros([n], tf.int32))
+    np.testing.assert_allclose(one["update"], policy.step(gradient, features.unpack(state))[0],
+                               rtol=1e-6, atol=1e-7)
 
 
-def test_serving_default_rejects_mismatched_coordinate_counts(exported):
+@pytest.mark.parametrize("cut,segments,message", [
+    ("gradient", None, "same number of coordinates"),
+    ("segments", None, "same number of coordinates"),
+    (None, -1, "segments must be >= 0"),
+    (None, 10, "segments must be < N")])
+def test_serving_default_rejects_inconsistent_inputs(exported, cut, segments, message):
     _, version_dir = exported
     step = tf.saved_model.load(version_dir).signatures["serving_default"]
     gradient, state = _gradient_and_state(n=10)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="same number of coordinates"):
-        step(gradient=gradient[:7], state=state)
+    ids = tf.zeros([10], tf.int32) if segments is None else tf.fill([10], segments)
+    inputs = {"gradient": gradient, "state": state, "segments": ids}
+    if cut:
+        inputs[cut] = inputs[cut][:7]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        step(**inputs)
+
+
+def test_an_export_of_another_features_contract_is_refused_clearly(exported, tmp_path):
+    import shutil
+
+    _, version_dir = exported
+    old = tmp_path / "old"
+    shutil.copytree(version_dir, old)
+    manifest_path = old / "assets.extra" / "policy.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="features contract 1.*retrain"):
+        load_policy(str(old))
 
 
 def test_action_signature_is_policy_actor(exported):

@@ -1,4 +1,4 @@
-"""`rl-optimizer evaluate`: the sweep, the Keras digits tasks and the report, in one command.
+"""`rl-optimizer evaluate`: the sweep, the Keras suite and the report, in one command.
 
     rl-optimizer evaluate --policy default|PATH [--families a,b] [--instances N] [--steps T]
                           [--keras-tasks all|none|a,b] --out DIR [--readme README.md]
@@ -6,8 +6,8 @@
 Writes DIR/report.md, DIR/results.csv, PNG plots and TensorBoard events (DIR/tensorboard), and
 the README's Results section (DIR/readme_results.md; into --readme between markers). Progress
 shows on one bar per stage (the sweep in instances, the Keras tasks as `run_keras_tasks`
-reports them); the last line on stdout is the quality bar's verdict. The Keras digits tasks
-run by default only in the full sweep (no --families); --keras-tasks chooses them.
+reports them); the last line on stdout is the quality bar's verdict. The Keras suite runs by
+default only in the full sweep (no --families); --keras-tasks chooses its tasks.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tuning-instances", type=int, default=16,
                         help="validation instances per family for learning-rate tuning")
     parser.add_argument("--keras-tasks", default=None, metavar="all|none|TASK,…",
-                        help="Keras digits tasks to run (default: all without --families, none "
+                        help="Keras suite tasks to run (default: all without --families, none "
                              "with it)")
-    parser.add_argument("--keras-epochs", type=int, default=20,
-                        help="epochs of the Keras digits models (0: skip them)")
+    parser.add_argument("--keras-epochs", type=int, default=None,
+                        help="epochs of every Keras suite task (default: each task's own; "
+                             "0: skip the suite)")
     parser.add_argument("--readme", default=None, metavar="PATH",
                         help="also write the Results section into this README (between markers)")
 
@@ -62,7 +63,7 @@ def _command_line(args) -> str:
         parts += ["--tuning-instances", str(args.tuning_instances)]
     tasks = keras_task_names(args)
     parts += ["--keras-tasks", ",".join(tasks) or "none"]
-    if tasks:
+    if tasks and args.keras_epochs is not None:
         parts += ["--keras-epochs", str(args.keras_epochs)]
     parts += ["--out", args.out]
     if args.readme:
@@ -71,7 +72,8 @@ def _command_line(args) -> str:
 
 
 def keras_task_names(args) -> tuple[str, ...]:
-    """The Keras tasks `--keras-tasks` and `--keras-epochs` ask for, checked against `TASKS`."""
+    """The Keras suite tasks `--keras-tasks` and `--keras-epochs` (0: none) ask for, checked
+    against `keras_tasks.TASKS`."""
     from rl_optimizer.evaluation.keras_tasks import TASKS
 
     chosen = args.keras_tasks
@@ -87,14 +89,14 @@ def keras_task_names(args) -> tuple[str, ...]:
         if unknown or not names:
             raise ValueError(f"--keras-tasks {chosen!r}: unknown task(s) {unknown}; expected "
                              f"'all', 'none' or some of {list(TASKS)}")
-    return names if args.keras_epochs else ()
+    return names if args.keras_epochs != 0 else ()
 
 
 def run_command(args) -> int:
     from rl_optimizer.policy import load_policy
 
     # Every input is checked before the first optimizer step.
-    if args.keras_epochs < 0:
+    if args.keras_epochs is not None and args.keras_epochs < 0:
         raise ValueError(f"--keras-epochs must be >= 0, got {args.keras_epochs}")
     keras_tasks = keras_task_names(args)
     policy = load_policy(args.policy)
@@ -132,9 +134,9 @@ def verdict(bar: dict) -> str:
             "divergences (allowed: 0)")
 
 
-def _keras_tasks(results, policy, epochs: int, tasks: Sequence[str] | None = None,
+def _keras_tasks(results, policy, epochs: int | None, tasks: Sequence[str] | None = None,
                  progress: bool = True) -> bool:
-    """Adds the Keras digits tasks to `results.extras`; False if they failed.
+    """Adds the Keras suite to `results.extras`; False if it failed.
 
     A failure there (the Keras optimizer is a separate stage) is reported, with its traceback,
     without losing the sweep that ran before it.
@@ -146,7 +148,8 @@ def _keras_tasks(results, policy, epochs: int, tasks: Sequence[str] | None = Non
     tasks = tuple(keras_tasks.TASKS if tasks is None else tasks)
     start = time.perf_counter()
     # `run_keras_tasks` calls `progress(1)` as each task finishes.
-    bar = tqdm(total=len(tasks), desc=f"keras digits ({epochs} epochs)", unit="task",
+    epochs_text = "each task's epochs" if epochs is None else f"{epochs} epochs"
+    bar = tqdm(total=len(tasks), desc=f"keras suite ({epochs_text})", unit="task",
                disable=not progress, dynamic_ncols=True)
     try:
         keras = keras_tasks.run_keras_tasks(policy, tasks=tasks, epochs=epochs,
@@ -166,5 +169,5 @@ def _keras_tasks(results, policy, epochs: int, tasks: Sequence[str] | None = Non
     results.timings["total"] = total + results.timings["keras"]
     results.extras["keras"] = keras
     if "skipped" in keras:
-        print(f"Keras digits tasks skipped: {keras['skipped']}", file=sys.stderr)
+        print(f"Keras suite skipped: {keras['skipped']}", file=sys.stderr)
     return ok

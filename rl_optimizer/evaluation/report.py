@@ -132,6 +132,8 @@ def render_report(results: EvaluationResults, command: str | None = None) -> str
     parts += [_family_section(results, family) for family in results.families]
     keras = results.extras.get("keras")
     if keras is not None:
+        from rl_optimizer.evaluation.keras_tasks import keras_markdown
+
         parts.append(keras_markdown(keras))
     return "\n".join(parts)
 
@@ -149,24 +151,6 @@ def quality_bar_markdown(bar: dict) -> str:
             f"{family} " + ", ".join(f"{name} {_pct(rate)}" for name, rate in rates.items())
             for family, rates in bar["global_basin"].items()) + "."
     return text
-
-
-def keras_markdown(keras: dict) -> str:
-    if "skipped" in keras:
-        return f"## Keras models on digits\n\nSkipped: {keras['skipped']}\n"
-    rows = [[task, name, f"{r['loss'][-1]:.4f}", f"{r['test_accuracy'][-1]:.3f}",
-             f"{r['learning_rate']:g}" if "learning_rate" in r else "policy"]
-            for task, by in keras.items()
-            for name, r in (("learned", by["learned"]), ("learned_tuned", by["learned_tuned"]),
-                            ("adam", by["adam"]))]
-    epochs = next(iter(keras.values()))["epochs"]
-    return "\n".join(["## Keras models on digits (model.fit)", "",
-                      f"{epochs} epochs, batch size 32, same initial weights. Adam's learning "
-                      "rate, and for `learned_tuned` the learned optimizer's base step size "
-                      "(`LearnedOptimizer(learning_rate=...)`), tuned on final training loss "
-                      "from another initialisation; `learned` is the policy as shipped.", "",
-                      _table(["model", "optimizer", "final training loss", "test accuracy",
-                              "lr"], rows), "", "![keras](keras_digits.png)", ""])
 
 
 def readme_section(results: EvaluationResults, command: str) -> str:
@@ -280,7 +264,7 @@ def figure_png(fig) -> bytes:
 
 
 def save_plots(results: EvaluationResults, out_dir: str) -> list[str]:
-    """curves_<family>.png, steps_<family>.png (and keras_digits.png) in `out_dir`."""
+    """curves_<family>.png, steps_<family>.png (and keras_suite.png) in `out_dir`."""
     from rl_optimizer.evaluation.keras_tasks import keras_figure
 
     figures = {}
@@ -289,7 +273,7 @@ def save_plots(results: EvaluationResults, out_dir: str) -> list[str]:
         figures[f"steps_{family}.png"] = steps_figure(results, family)
     keras = results.extras.get("keras")
     if keras and "skipped" not in keras:
-        figures["keras_digits.png"] = keras_figure(keras)
+        figures["keras_suite.png"] = keras_figure(keras)
     paths = []
     for name, fig in figures.items():
         paths.append(os.path.join(out_dir, name))

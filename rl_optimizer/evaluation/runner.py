@@ -42,6 +42,10 @@ KERAS_OPTIMIZERS: dict[str, Callable[[float], tf.keras.optimizers.Optimizer]] = 
 DEFAULT_CHUNK = 100
 """Steps per compiled call: the progress bar moves this often."""
 
+MINIBATCH_SEED = 20_170_000
+"""First word of the minibatch seed [MINIBATCH_SEED, step] of evaluation runs (distinct from
+the training environment's seeds)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -138,6 +142,10 @@ class _Loop(tf.Module):
         x0 = batch.initial_point()
         self.points = [tf.Variable(x0[i * n_coords:(i + 1) * n_coords], dtype=tf.float64)
                        for i in range(len(specs))]
+        # Each instance is one tensor for a policy's per-tensor features.
+        n_instances = len(batch.objectives) // len(specs)
+        self.segments = features.Segments(
+            tf.constant(batch.instance_of_coordinate[:n_coords], tf.int32), n_instances)
         self.updates = [self._make_update(spec, var) for spec, var in zip(specs, self.points)]
         self.run = tf.function(self._run)
 
@@ -149,7 +157,8 @@ class _Loop(tf.Module):
         state = [tf.Variable(s) for s in features.init_state(var.shape)]
 
         def update(grad):
-            step, new_state = spec.policy.step(tf.cast(grad, tf.float32), features.State(*state))
+            step, new_state = spec.policy.step(tf.cast(grad, tf.float32), features.State(*state),
+                                               self.segments)
             var.assign_add(tf.cast(step, tf.float64))
             for v, s in zip(state, new_state):
                 v.assign(s)
@@ -158,10 +167,12 @@ class _Loop(tf.Module):
     def values(self) -> tf.Tensor:
         return self.batch.tf_value_and_grad(tf.concat(self.points, 0))[0]
 
-    def _run(self, n_steps):
+    def _run(self, start, n_steps):
         recorded = tf.TensorArray(tf.float64, size=n_steps)
         for t in tf.range(n_steps):
-            values, grad = self.batch.tf_value_and_grad(tf.concat(self.points, 0))
+            # Minibatch gradients (stochastic objectives) drawn by step: every run repeats.
+            seed = tf.stack([tf.constant(MINIBATCH_SEED, tf.int64), tf.cast(start + t, tf.int64)])
+            values, grad = self.batch.tf_value_and_grad(tf.concat(self.points, 0), seed)
             recorded = recorded.write(t, values)
             for update, g in zip(self.updates, tf.split(grad, len(self.points))):
                 update(g)
@@ -211,7 +222,7 @@ def run_optimizers(specs: Sequence[OptimizerSpec], objectives: Sequence[Objectiv
         values = []
         for start in range(0, steps, chunk):
             n = min(chunk, steps - start)
-            values.append(loop.run(tf.constant(n)).numpy())
+            values.append(loop.run(tf.constant(start), tf.constant(n)).numpy())
             if progress is not None:
                 progress(n)
         values.append(loop.values().numpy()[None])

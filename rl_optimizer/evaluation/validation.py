@@ -47,14 +47,18 @@ class PeriodicValidation:
         return summary
 
     def pooled(self, results: EvaluationResults) -> dict[str, float]:
-        """win_rate_vs_<b> and median_steps_ratio_vs_<b> per baseline, pooled over families,
-        with the policy's success rate and divergences."""
+        """win_rate_vs_<b> and median_steps_ratio_vs_<b> (steps to eps), final_win_rate_vs_<b>
+        (a strictly lower final gap: what counts where neither reaches eps, as on networks)
+        per baseline, pooled over families, with the policy's success rate and divergences."""
         out = {}
+        mine = [results.runs[f][results.policy] for f in results.families]
         for b in self.benchmark.baselines:
             c = results.comparison(b, eps=self.eps)
             out[f"win_rate_vs_{b}"] = c.win_rate
             out[f"median_steps_ratio_vs_{b}"] = c.median_steps_ratio
-        mine = [results.runs[f][results.policy] for f in results.families]
+            theirs = [results.runs[f][b] for f in results.families]
+            out[f"final_win_rate_vs_{b}"] = float(np.mean(np.concatenate(
+                [_final_log_gap(m) < _final_log_gap(t) for m, t in zip(mine, theirs)])))
         out["success_rate"] = float(np.mean(np.concatenate(
             [np.isfinite(r.success_steps(self.eps)) for r in mine])))
         out["divergences"] = int(sum(r.diverged.sum() for r in mine))
@@ -77,3 +81,8 @@ class PeriodicValidation:
                     tf.summary.image(f"eval/curves_{family}",
                                      tf.image.decode_png(png, channels=4)[None])
         writer.flush()
+
+
+def _final_log_gap(runs) -> np.ndarray:
+    """Final log10 gap per instance, +inf for a diverged run (it loses every comparison)."""
+    return np.where(runs.diverged, np.inf, metrics.log_gap(runs.final_gap))

@@ -6,7 +6,7 @@
 """
 
 # Imported for their side effect: each module registers its families.
-from rl_optimizer.objectives import classic, learning, quadratic  # noqa: F401
+from rl_optimizer.objectives import classic, learning, networks, quadratic  # noqa: F401
 from rl_optimizer.objectives.base import (
     SPLITS,
     Objective,
@@ -16,6 +16,7 @@ from rl_optimizer.objectives.base import (
     get_family,
     list_families,
     reference_minimum,
+    rescaled,
     seeds,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "get_family",
     "list_families",
     "reference_minimum",
+    "rescaled",
     "seeds",
 ]

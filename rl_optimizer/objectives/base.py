@@ -17,7 +17,7 @@ import abc
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import scipy.optimize
@@ -57,6 +57,12 @@ class Objective:
       x0: the starting point every optimizer uses.
       f_star: the global minimum value (for nonconvex learned models: the best value found).
       x_star: a minimizer, or None where only the value is known.
+      batch_size: for a loss that is a mean over samples, the minibatch size of a stochastic
+        gradient (`ObjectiveBatch.tf_value_and_grad(x, seed)`); None: always the full batch.
+      sample_keys: the params whose first axis is the sample axis (what a minibatch draws).
+
+    `value_and_grad`, `value` and the gap are always over the full batch: a stochastic
+    objective is judged by its true loss, as a training loss is.
     """
 
     family: str
@@ -65,6 +71,8 @@ class Objective:
     x0: np.ndarray
     f_star: float
     x_star: np.ndarray | None = None
+    batch_size: int | None = None
+    sample_keys: tuple[str, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -91,6 +99,33 @@ class Objective:
     def normalized_gap(self, f: np.ndarray | float) -> np.ndarray:
         """(f - f*) / (f(x0) - f*): 1 at the start, 0 at the global minimum."""
         return (np.asarray(f) - self.f_star) / (self.value(self.x0) - self.f_star)
+
+
+@functools.cache
+def _rescaled_loss(loss_fn: LossFn) -> LossFn:
+    """c·loss_fn(x / s) with per-instance scales s = params["x_scale"], c = params["loss_scale"]."""
+
+    def rescaled(params, x):
+        return params["loss_scale"] * loss_fn(params, x / params["x_scale"][:, None])
+
+    rescaled.__name__ = rescaled.__qualname__ = f"rescaled_{loss_fn.__name__}"
+    return rescaled
+
+
+def rescaled(objective: Objective, x_scale: float, loss_scale: float) -> Objective:
+    """The same problem with parameters measured in units of 1/x_scale and loss times loss_scale.
+
+    f'(x') = loss_scale·f(x' / x_scale), x0' = x_scale·x0, so f'* = loss_scale·f* and the
+    normalized gap of every point is unchanged: only the scale an optimizer must find differs.
+    """
+    if not (x_scale > 0 and loss_scale > 0):
+        raise ValueError(f"x_scale and loss_scale must be > 0, got {x_scale}, {loss_scale}")
+    params = {**objective.params, "x_scale": np.float64(x_scale),
+              "loss_scale": np.float64(loss_scale)}
+    x_star = None if objective.x_star is None else objective.x_star * x_scale
+    return dataclasses.replace(objective, loss_fn=_rescaled_loss(objective.loss_fn),
+                               params=params, x0=objective.x0 * x_scale,
+                               f_star=objective.f_star * loss_scale, x_star=x_star)
 
 
 @functools.cache
@@ -202,10 +237,11 @@ class ObjectiveBatch:
         by_key: dict = {}
         for i, o in enumerate(self.objectives):
             shapes = tuple(sorted((k, np.shape(v)) for k, v in o.params.items()))
-            by_key.setdefault((o.loss_fn, o.dim, shapes), []).append(i)
+            key = (o.loss_fn, o.dim, shapes, o.batch_size, tuple(o.sample_keys))
+            by_key.setdefault(key, []).append(i)
         structure, params, members, coords = [], [], [], []
-        for (loss_fn, dim, _), group in by_key.items():
-            structure.append((loss_fn, dim, len(group)))
+        for (loss_fn, dim, _, batch_size, sample_keys), group in by_key.items():
+            structure.append(GroupStructure(loss_fn, dim, len(group), batch_size, sample_keys))
             params.append({k: tf.constant(np.stack([self.objectives[i].params[k] for i in group]),
                                           dtype) for k in self.objectives[group[0]].params})
             members.append(tf.constant(group, tf.int32))
@@ -216,9 +252,18 @@ class ObjectiveBatch:
     def initial_point(self) -> np.ndarray:
         return np.concatenate([o.x0 for o in self.objectives])
 
-    def tf_value_and_grad(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Values [n_objectives] and flat gradient [size] as tensors; usable inside tf.function."""
-        return batch_value_and_grad(self.structure)(*self.tensors, tf.cast(x, self.dtype))
+    def tf_value_and_grad(self, x: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Values [n_objectives] and flat gradient [size] as tensors; usable inside tf.function.
+
+        With `seed` (an int64 tensor [2], e.g. [run, step]), objectives with a `batch_size` give
+        the gradient of a minibatch drawn by that seed; values are always full-batch losses.
+        """
+        return batch_value_and_grad(self.structure)(*self.tensors, tf.cast(x, self.dtype), seed)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether some objective draws minibatch gradients when given a seed."""
+        return any(g.batch_size for g in self.structure)
 
     def value_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values [n_objectives] and the flat gradient [size] at the flat point `x`."""
@@ -233,20 +278,41 @@ class ObjectiveBatch:
         return (values - self.f_star) / (self.f0 - self.f_star)
 
 
+class GroupStructure(NamedTuple):
+    """One group of an `ObjectiveBatch`: same loss, dimension, data shapes and minibatching."""
+
+    loss_fn: LossFn
+    dim: int
+    instances: int
+    batch_size: int | None
+    sample_keys: tuple[str, ...]
+
+
+def _minibatch(params: dict, group: GroupStructure, seed, group_index: int) -> dict:
+    """`params` with `group.batch_size` samples (drawn with replacement) per instance."""
+    n_samples = tf.shape(params[group.sample_keys[0]])[1]
+    seed = tf.cast(seed, tf.int64) + tf.constant([0, 7919], tf.int64) * group_index
+    rows = tf.random.stateless_uniform([group.instances, group.batch_size], seed=seed,
+                                       maxval=n_samples, dtype=tf.int32)
+    return {k: tf.gather(v, rows, batch_dims=1) if k in group.sample_keys else v
+            for k, v in params.items()}
+
+
 @functools.cache
-def batch_value_and_grad(structure: tuple) -> Callable:
-    """One compiled function per batch structure ((loss_fn, dim, n_instances) per group)."""
+def batch_value_and_grad(structure: tuple[GroupStructure, ...]) -> Callable:
+    """One compiled function per batch structure (see `ObjectiveBatch.tf_value_and_grad`)."""
 
     @tf.function(reduce_retracing=True, autograph=False)
-    def value_and_grad(params, members, coords, x):
+    def value_and_grad(params, members, coords, x, seed=None):
         values, grads = [], []
-        for (loss_fn, dim, _), p, c in zip(structure, params, coords):
-            xg = tf.reshape(tf.gather(x, c), [-1, dim])
+        for i, (group, p, c) in enumerate(zip(structure, params, coords)):
+            xg = tf.reshape(tf.gather(x, c), [-1, group.dim])
+            stochastic = group.batch_size is not None and seed is not None
             with tf.GradientTape() as tape:
                 tape.watch(xg)
-                f = loss_fn(p, xg)
-            values.append(f)
+                f = group.loss_fn(_minibatch(p, group, seed, i) if stochastic else p, xg)
             grads.append(tf.reshape(tape.gradient(f, xg), [-1]))
+            values.append(group.loss_fn(p, xg) if stochastic else f)
         return tf.dynamic_stitch(members, values), tf.dynamic_stitch(coords, grads)
 
     return value_and_grad
