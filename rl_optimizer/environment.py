@@ -45,9 +45,9 @@ from rl_optimizer.features import FeatureConfig
 
 
 @tf.function(reduce_retracing=True)
-def _observe(gradient, state, config, segments):
+def _observe(gradient, state, config, segment_ids, segment_count):
     return features.observation(tf.cast(gradient, tf.float32), features.State(*state), config,
-                                features.Segments(*segments))
+                                features.Segments(segment_ids, segment_count))
 
 
 @functools.cache
@@ -184,8 +184,9 @@ class OptimizationEnv(py_environment.PyEnvironment):
         self._x = tf.constant(self._batch.initial_point(), tf.float64)
         self._values, self._gradient = self._batch.tf_value_and_grad(self._x, self._seed())
         self._state = self._initial_state()
-        segments = (self._instance_of_coordinate, len(self._batch.objectives))
-        observation = _observe(self._gradient, self._state, self.feature_config, segments)
+        observation = _observe(self._gradient, self._state, self.feature_config,
+                               self._instance_of_coordinate,
+                               tf.constant(len(self._batch.objectives), tf.int32))
         return ts.restart(observation.numpy(), batch_size=self.batch_size)
 
     def _step(self, action):

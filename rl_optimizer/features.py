@@ -8,34 +8,40 @@ Per coordinate the optimizer keeps S = 5 float32 numbers (a fresh coordinate's a
 
   m        exponential average of the gradient (β1), as in Adam;
   v        exponential average of the squared gradient (β2), as in Adam;
-  log_lr   the coordinate's log step size relative to `learning_rate`, which the policy
-           adapts one increment per step;
-  action   the policy's last increment, in [−1, 1];
+  log_lr   the coordinate's log step size relative to `learning_rate`;
+  action   the last increment of log_lr, in units of `increment` ([−1, 1]);
   t        how many steps the coordinate has taken (Adam's step count).
 
 The Keras optimizer keeps m, v, log_lr and action as slots and takes t from its step counter (a
 scalar broadcasts through every function here), so it needs four slots per parameter.
 
-One step, given the gradient g:
+One step, given the gradient g of a coordinate in tensor T:
 
   1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ);
-  2. observation = scale-free features of the gradient history (`observation`);
-  3. action a ∈ [−1, 1] = policy(observation);
-  4. log_lr ← clip(log_lr + a·increment, log_lr_min, log_lr_max);
-  5. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
+  2. alignment = cosine over T of g/√v̂ and m_{t−1}/√v̂ (`Segments` say which tensor is which);
+  3. observation = scale-free features of the gradient history (`observation`);
+  4. action a ∈ [−1, 1] = policy(observation);
+  5. log_lr ← clip(log_lr + increment·clip(nominal_gain·alignment + a, ±1), log_lr_min,
+     log_lr_max);
+  6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
+
+Where the scale comes from: the step size is state. It starts at `learning_rate` (Adam's
+default, 1e-3: a fresh coordinate's first step is Adam's) and a nominal controller moves it by
+log-step increments (Wichrowska et al. 2017) in the direction of the step-size hypergradient's
+sign (Baydin et al. 2018): the alignment of the gradient with the momentum over the whole tensor,
+positive while steps keep their direction (too small), negative after overshooting (too large);
+minibatch noise, averaged over a tensor, does not hide it as it hides each coordinate's. So the
+optimizer finds the scale of any problem in a few dozen steps, from 1e-3 or wherever a schedule
+sets it, and needs no tuning. The policy's action corrects each coordinate's increment from
+what its own gradient history shows: the zero action is the nominal controller, an
+Adam-direction optimizer that stays stable out of distribution (Harrison et al. 2022).
 
 Scale-free by construction: nothing the policy sees depends on the units of the parameters or
 of the loss. The observation holds normalised gradient and momentum (Andrychowicz et al. 2016),
-the sign agreement of the gradient with its average, the alignment of gradient and momentum
-over the coordinate's whole tensor (`Segments`), the policy's own last increment and the step
-count; never the absolute step size. The step size itself is state: it starts at
-`learning_rate` (Adam's default, 1e-3, so a fresh coordinate's first step is Adam's) and the
-policy grows or shrinks it by learned log-step increments (Wichrowska et al. 2017), an Rprop-like
-controller (Riedmiller & Braun 1993) on an Adam direction (Kingma & Ba 2015). Training starts
-coordinates from step sizes drawn over orders of magnitude and on problems rescaled by powers
-of ten, so the policy learns to find the scale, not to remember one; the zero action keeps the
-step size (Adam at the current step size: the nominal behaviour out of distribution, as in
-Harrison et al. 2022).
+the sign agreement of the gradient with its average, the tensor alignment, the policy's own
+last action and the step count; never the absolute step size. Training rescales problems by
+powers of ten and starts coordinates at step sizes drawn over orders of magnitude, so that the
+policy learns to act relative to the scale, not to remember one.
 
 `learning_rate` multiplies every step: Keras schedules and callbacks drive it as they drive
 Adam's. The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip.
@@ -77,7 +83,7 @@ class FeatureConfig:
     learning_rate: float = 1e-3
     """Step size of a fresh coordinate (log_lr = 0): Adam's default."""
     increment: float = 0.3
-    """Largest change of log_lr in one step (the action ±1)."""
+    """Largest change of log_lr in one step."""
     nominal_gain: float = 3.0
     """The nominal controller: log_lr's increment, in units of `increment`, per unit of tensor
     alignment, to which the policy's action adds its correction (0: the policy alone)."""
@@ -214,7 +220,7 @@ def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
 
 def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig,
            learning_rate=None):
-    # The nominal controller's increment plus the policy's correction.
+    # The nominal controller's increment, corrected by the policy's action.
     action = tf.clip_by_value(config.nominal_gain * moments.alignment
                               + tf.clip_by_value(action, -1.0, 1.0), -1.0, 1.0)
     log_lr = tf.clip_by_value(state.log_lr + config.increment * action, config.log_lr_min,

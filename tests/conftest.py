@@ -73,6 +73,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _running_server(backend: str, model_dir: str, **options):
     """Yields `host:port` of a server on loopback over `model_dir`; options: ours only."""
+    from rl_optimizer.benchmarks.serving import terminate
     from rl_optimizer.serving import PolicyClient, PolicyServer
 
     if backend == "rl-optimizer serve":
@@ -94,12 +95,7 @@ def _running_server(backend: str, model_dir: str, **options):
             client.wait_until_available(timeout=60)
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, 10)
 
 
 SERVING_MAX_MESSAGE_BYTES = 8 << 20
@@ -123,6 +119,61 @@ def start_policy_server(serving_backend):
     with contextlib.ExitStack() as stack:
         yield lambda model_dir, **options: stack.enter_context(
             _running_server(serving_backend, str(model_dir), **options))
+
+
+def _certificate(subject: str, key, issuer=None, issuer_key=None, ca: bool = False):
+    """A certificate for `subject` (SAN localhost, 127.0.0.1), signed by `issuer` or itself."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer.subject if issuer else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=1))
+               .not_valid_after(now + datetime.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """Certificates made for this run: `<who>_cert`/`<who>_key` paths and `<who>_cert_pem`/
+    `<who>_key_pem` bytes for who in ca, server, client (both signed by ca) and rogue (a client
+    certificate signed by another CA)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = tmp_path_factory.mktemp("tls")
+    keys = {who: ec.generate_private_key(ec.SECP256R1())
+            for who in ("ca", "other_ca", "server", "client", "rogue")}
+    ca = _certificate("test CA", keys["ca"], ca=True)
+    other_ca = _certificate("other CA", keys["other_ca"], ca=True)
+    certs = {"ca": ca,
+             "server": _certificate("localhost", keys["server"], ca, keys["ca"]),
+             "client": _certificate("client", keys["client"], ca, keys["ca"]),
+             "rogue": _certificate("rogue", keys["rogue"], other_ca, keys["other_ca"])}
+    files = types.SimpleNamespace()
+    for who, cert in certs.items():
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = keys[who].private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())
+        for kind, pem in (("cert", cert_pem), ("key", key_pem)):
+            path = root / f"{who}_{kind}.pem"
+            path.write_bytes(pem)
+            setattr(files, f"{who}_{kind}", str(path))
+            setattr(files, f"{who}_{kind}_pem", pem)
+    return files
 
 
 # --- keras optimizer: rl_optimizer/keras_optimizer.py (issue 5) -----------------------------

@@ -1,8 +1,6 @@
 """rl_optimizer/serving: the server (ours, and stock TF Serving where installed) through the
 stock `tensorflow_serving.apis` stubs, and `PolicyClient`."""
 
-import datetime
-import ipaddress
 import os
 import socket
 import threading
@@ -27,6 +25,7 @@ from rl_optimizer.export import (
     ACTION_SIGNATURE,
     GRADIENT,
     OBSERVATION,
+    SEGMENTS,
     STATE,
     STEP_SIGNATURE,
     TIME_STEP_INPUTS,
@@ -85,6 +84,8 @@ def step_request(gradient, state, name="rl_optimizer", signature=STEP_SIGNATURE,
         request.model_spec.version.value = version
     request.inputs[GRADIENT].CopyFrom(tf.make_tensor_proto(gradient))
     request.inputs[STATE].CopyFrom(tf.make_tensor_proto(state))
+    # All one tensor, as `in_process_step` steps it.
+    request.inputs[SEGMENTS].CopyFrom(tf.make_tensor_proto(np.zeros(len(gradient), np.int32)))
     return request
 
 
@@ -148,7 +149,9 @@ def test_metadata_is_the_signature_def_map(predictions):
     assert response.model_spec.version.value == 1
     assert {STEP_SIGNATURE, ACTION_SIGNATURE} <= set(signatures.signature_def)
     step = signatures.signature_def[STEP_SIGNATURE]
-    assert set(step.inputs) == {GRADIENT, STATE} and set(step.outputs) == {UPDATE, STATE}
+    assert set(step.inputs) == {GRADIENT, STATE, SEGMENTS}
+    assert set(step.outputs) == {UPDATE, STATE}
+    assert step.inputs[SEGMENTS].dtype == tf.int32.as_datatype_enum
     assert [d.size for d in step.inputs[GRADIENT].tensor_shape.dim] == [-1]
     assert [d.size for d in step.inputs[STATE].tensor_shape.dim] == [-1, S]
     assert step.inputs[STATE].dtype == tf.float32.as_datatype_enum
@@ -264,12 +267,22 @@ def test_client(policy_server, serving_policies):
         assert empty[0].shape == (0,) and empty[1].shape == (0, S)
         with pytest.raises(ValueError, match="state must have"):
             client.step(gradient, state[:-1])
+    # Six tensors of 200: requests of at most 250 cut between tensors, so each tensor's
+    # statistics are whole and the chunked step equals the one-request step.
+    segments = np.repeat(np.arange(6), 200)
+    with PolicyClient(policy_server.target) as client:
+        update, new_state = client.step(gradient, state, segments)
+    want_update, _ = serving_policies[0].step(
+        tf.constant(gradient), features.unpack(tf.constant(state)),
+        features.Segments(tf.constant(segments, tf.int32), 6))
+    np.testing.assert_allclose(update, want_update, rtol=1e-6, atol=1e-7)
     chunked = PolicyClient(policy_server.target, chunk_size=250, max_in_flight=2)
-    chunked_update, chunked_state = chunked.step(gradient, state)
-    # Same math on differently sized blocks: equal up to the last bits of vectorised float32
-    # (log_lr = 7·action amplifies them, hence the state's absolute tolerance).
-    np.testing.assert_allclose(chunked_update, update.reshape(-1), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(chunked_state, new_state.reshape(-1, S), rtol=1e-6, atol=1e-9)
+    chunked_update, chunked_state = chunked.step(gradient, state, segments)
+    # Same math on differently sized blocks: equal up to the last bits of vectorised float32.
+    np.testing.assert_allclose(chunked_update, update, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(chunked_state, new_state, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="segments must be integers"):
+        chunked.step(gradient, state, segments[:-1])
 
 
 def test_client_chunks_to_fit_the_message_limit(policy_server, serving_policies):
@@ -329,13 +342,13 @@ def test_client_retries_while_the_server_is_unavailable(policy_server, serving_p
         pytest.skip("a client test: it starts a server of ours late, whatever the backend")
     port = _free_port()
     with pytest.raises(grpc.RpcError) as error:
-        PolicyClient(f"127.0.0.1:{port}", retries=1, backoff=0.01).step(*step_data(10))
+        PolicyClient(f"127.0.0.1:{port}", retry_seconds=0.05, backoff=0.01).step(*step_data(10))
     assert error.value.code() == Code.UNAVAILABLE
     late = PolicyServer(policy_server.model_dir, port=port)
     starter = threading.Timer(0.3, late.start)
     starter.start()
     try:
-        client = PolicyClient(f"127.0.0.1:{port}", retries=10, backoff=0.05)
+        client = PolicyClient(f"127.0.0.1:{port}", backoff=0.05)
         gradient, state = step_data(10)
         np.testing.assert_allclose(client.step(gradient, state)[0],
                                    in_process_step(serving_policies[0], gradient, state)[0],
@@ -403,44 +416,20 @@ def test_broken_version_is_reported_and_the_old_one_keeps_serving(
     assert client.last_version == 1
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "cert.pem").write_bytes(cert_pem)
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"), cert_pem
-
-
 def test_tls(serving_backend, start_policy_server, serving_exports, serving_policies,
-             serving_install, tmp_path):
+             serving_install, tls_files, tmp_path):
     if serving_backend != OURS:
         pytest.skip("TF Serving takes TLS from --ssl_config_file; tested with ours")
-    cert, key, cert_pem = _self_signed(tmp_path)
     serving_install(serving_exports[0], str(tmp_path / "models"), 1)
-    target = start_policy_server(tmp_path / "models", tls_cert=cert, tls_key=key)
+    target = start_policy_server(tmp_path / "models", tls_cert=tls_files.server_cert,
+                                 tls_key=tls_files.server_key)
     gradient, state = step_data(100)
-    update, _ = PolicyClient(target, root_certificates=cert_pem).step(gradient, state)
+    update, _ = PolicyClient(target, root_certificates=tls_files.ca_cert_pem).step(gradient,
+                                                                                  state)
     np.testing.assert_allclose(update, in_process_step(serving_policies[0], gradient, state)[0],
                                rtol=1e-6, atol=1e-7)
     with pytest.raises(grpc.RpcError) as error:
-        PolicyClient(target, retries=0, timeout=5).step(gradient, state)
+        PolicyClient(target, retry_seconds=0, timeout=5).step(gradient, state)
     assert error.value.code() == Code.UNAVAILABLE
 
 
@@ -474,8 +463,8 @@ def test_serve_command_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_16_clients_x_500_requests_of_10k_coordinates(policy_server, serving_policies):
-    clients, requests, n = 16, 500, 10_000
+def test_load_32_clients_x_300_requests_of_10k_coordinates(policy_server, serving_policies):
+    clients, requests, n = 32, 300, 10_000
     gradient, state = step_data(n)
     results, errors = [None] * clients, []
 
@@ -502,3 +491,89 @@ def test_load_16_clients_x_500_requests_of_10k_coordinates(policy_server, servin
     for _, final_state in results[1:]:  # same inputs, same trajectory for every client
         np.testing.assert_array_equal(final_state, results[0][1])
     assert np.isfinite(results[0][0]).all()
+
+
+# --- fidelity to stock TF Serving, without its binary ----------------------------------------
+
+PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+"""Core-registered, but their kernels exist only in a Python process: never in TF Serving."""
+
+
+def _all_exports(serving_exports) -> list[str]:
+    """The test exports and every version shipped in rl_optimizer/pretrained/."""
+    from rl_optimizer.policy import PRETRAINED_DIR
+
+    shipped = [os.path.join(root, d) for root, dirs, _ in os.walk(PRETRAINED_DIR)
+               for d in dirs if d.isdigit() and os.path.isfile(
+                   os.path.join(root, d, "saved_model.pb"))]
+    return [*serving_exports, *sorted(shipped)]
+
+
+def _as_tf_serving_runs(version_dir: str, signature_key: str, n: int = 500):
+    """What tensorflow_model_server does: the C++ SavedModel loader ("serve" tag) into a
+    Session, then Session::Run feeding and fetching the SignatureDef's tensor names.
+
+    Returns the feeds (made for the signature's own shapes), the outputs and the MetaGraphDef.
+    """
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], version_dir)
+        signature = meta_graph.signature_def[signature_key]
+        feeds = _feeds(signature, n)
+        outputs = session.run({alias: info.name for alias, info in signature.outputs.items()},
+                              {signature.inputs[alias].name: value
+                               for alias, value in feeds.items()})
+    return feeds, outputs, meta_graph
+
+
+def _feeds(signature, n: int) -> dict:
+    """Inputs for `signature` with n rows: integers zero, the state in [0, 1) (a second moment
+    is never negative), other floats in [-1, 1)."""
+    rng = np.random.default_rng(n)
+    feeds = {}
+    for alias, info in sorted(signature.inputs.items()):
+        shape = [n if d.size < 0 else d.size for d in info.tensor_shape.dim]
+        dtype = tf.as_dtype(info.dtype).as_numpy_dtype
+        low = 0.0 if alias == STATE else -1.0
+        feeds[alias] = (np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer)
+                        else rng.uniform(low, 1.0, shape).astype(dtype))
+    return feeds
+
+
+def _ops(meta_graph) -> set[str]:
+    """Op types of the graph and of every function in its library (function calls excepted)."""
+    library = meta_graph.graph_def.library.function
+    ops = {node.op for node in meta_graph.graph_def.node}
+    ops |= {node.op for function in library for node in function.node_def}
+    return ops - {function.signature.name for function in library}
+
+
+def test_exports_run_as_tf_serving_runs_them(serving_exports, serving_install, tmp_path):
+    from tensorflow.python.framework import op_def_registry
+
+    exports = _all_exports(serving_exports)
+    for version, export in enumerate(exports, 1):
+        serving_install(export, str(tmp_path), version)
+    with PolicyServer(str(tmp_path), port=0, num_versions=len(exports)) as ours, \
+            grpc.insecure_channel(ours.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for version, export in enumerate(exports, 1):
+            for key in (STEP_SIGNATURE, ACTION_SIGNATURE):
+                feeds, want, meta_graph = _as_tf_serving_runs(export, key)
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name, request.model_spec.signature_name = "rl_optimizer", key
+                request.model_spec.version.value = version
+                for alias, value in feeds.items():
+                    request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+                response = stub.Predict(request, timeout=30)
+                assert set(response.outputs) == set(want), (export, key)
+                for alias, value in want.items():
+                    # Equal up to float32 rounding: the two runtimes may pick kernels (vectorised
+                    # or not) that round the last bit differently on a few elements.
+                    np.testing.assert_allclose(tf.make_ndarray(response.outputs[alias]), value,
+                                               rtol=1e-6, atol=1e-7,
+                                               err_msg=f"{export} {key} {alias}")
+            ops = _ops(meta_graph)
+            assert ops, export
+            not_core = sorted(op for op in ops if op_def_registry.get(op) is None
+                              or not hasattr(tf.raw_ops, op) or op in PYTHON_OPS)
+            assert not not_core, f"{export}: ops TF Serving may not have: {not_core}"

@@ -1,6 +1,6 @@
 """Train-step time of `LearnedOptimizer` against Adam on a ~1M-parameter MLP.
 
-    python -m rl_optimizer.benchmarks.keras_step [--policy PATH|random] [--batch 256]
+    python -m rl_optimizer.benchmarks.keras_step [--policy PATH|random] [--batch 256] [--quick]
 
 Both optimizers train their own copy of the same MLP (784-1024-256-10, 1.07M parameters) with a
 compiled step (forward, backward, update). Blocks of steps alternate between the two, so load
@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (tracing, XLA)")
     parser.add_argument("--jit-model", action="store_true",
                         help="compile the whole train step with XLA (both optimizers)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest setting (seconds): batch 32, one block of 2 steps")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.blocks, args.steps, args.warmup = 32, 1, 2, 1
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(args.batch, LAYERS[0])).astype(np.float32))

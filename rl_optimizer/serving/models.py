@@ -7,6 +7,10 @@ a version that fails to load (or to answer a warm-up call) is reported by `statu
 error and skipped, so the versions already serving keep serving. Readers never lock: each poll
 builds a new name → versions mapping and swaps the reference, and a request holds on to the
 `Servable` it started with, so a version unloaded mid-request finishes that request.
+
+A failed version is retried once any file under it changes (size or mtime: a copy completed in
+place). What clients see of a failure names no server path: `GetModelStatus` shows the error
+with paths cut to the model's own `<name>/<version>/...`; the log has them in full.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -141,6 +146,7 @@ class ModelManager:
         self._serving: dict[str, dict[int, Servable]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failed: dict[tuple[str, int], tuple] = {}
+        self._warned_layout = False
         self._poll_lock = threading.Lock()
         self._status_lock = threading.Lock()
 
@@ -154,11 +160,10 @@ class ModelManager:
             return versions[max(versions)]
         if version in versions:
             return versions[version]
+        # TF Serving's words; what else is served is none of the client's business.
         request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-        known = (f"versions serving: {', '.join(map(str, sorted(versions)))}" if versions else
-                 f"models serving: {', '.join(self.model_names()) or 'none'}")
         raise ServingError(grpc.StatusCode.NOT_FOUND,
-                           f"Servable not found for request: {request} ({known})")
+                           f"Servable not found for request: {request}")
 
     def status(self, name: str) -> dict[int, VersionStatus]:
         """Every version of `name` seen so far, loaded or not, with its state."""
@@ -172,9 +177,11 @@ class ModelManager:
         with self._poll_lock:
             names = [d for d in sorted(os.listdir(self.model_dir)) if not d.startswith(".")
                      and os.path.isdir(os.path.join(self.model_dir, d))]
-            if any(name.isdigit() for name in names):
+            misplaced = any(name.isdigit() for name in names)
+            if misplaced and not self._warned_layout:  # once, not every poll
                 _log.warning("%s has integer subdirectories: pass the directory above a model "
                              "(the model base directory), not a model directory", self.model_dir)
+            self._warned_layout = misplaced
             serving = {}
             for name in set(names) | set(self._serving):
                 versions = self._poll_model(name, self._serving.get(name, {}))
@@ -209,11 +216,8 @@ class ModelManager:
 
     def _try_load(self, name: str, version: int, path: str) -> Servable | None:
         # A failed version is retried only once its files change (a copy still in progress).
-        try:
-            stamp = tuple(os.stat(p).st_mtime_ns for p in (path, *_model_files(path)))
-        except OSError:  # deleted since the listing
-            return None
-        if self._failed.get((name, version)) == stamp:
+        stamp = _fingerprint(path)
+        if stamp is None or self._failed.get((name, version)) == stamp:
             return None
         self._set_status(name, version, VersionStatus(State.LOADING))
         try:
@@ -221,8 +225,10 @@ class ModelManager:
         except Exception as e:  # any broken version must leave the server serving
             code, message = _describe(e)
             self._failed[(name, version)] = stamp
-            self._set_status(name, version, VersionStatus(State.END, code, message))
-            _log.error("could not load %s version %d from %s: %s", name, version, path, message)
+            self._set_status(name, version, VersionStatus(
+                State.END, code, _without_paths(message, path, f"{name}/{version}")))
+            _log.error("could not load %s version %d from %s: %s", name, version, path,
+                       " ".join(message.split()))
             return None
         self._failed.pop((name, version), None)
         self._set_status(name, version, VersionStatus(State.AVAILABLE))
@@ -230,6 +236,31 @@ class ModelManager:
         return servable
 
 
-def _model_files(path: str) -> list[str]:
-    return [p for p in (os.path.join(path, "saved_model.pb"), os.path.join(path, "variables"))
-            if os.path.exists(p)]
+def _fingerprint(path: str) -> tuple | None:
+    """(relative path, size, mtime) of every file and directory under `path`; None if it went
+    away while being read."""
+    entries = []
+    try:
+        for root, dirs, files in os.walk(path, onerror=_raise):
+            dirs.sort()
+            for entry in (root, *(os.path.join(root, f) for f in sorted(files))):
+                stat = os.stat(entry)
+                entries.append((os.path.relpath(entry, path), stat.st_size, stat.st_mtime_ns))
+    except OSError:
+        return None
+    return tuple(entries)
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def _without_paths(message: str, path: str, shown_as: str) -> str:
+    """`message` with `path` shown as `shown_as` and any other absolute path as its last part."""
+    for form in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len,
+                       reverse=True):
+        message = message.replace(form.rstrip("/"), shown_as)
+    return _ABSOLUTE_PATH.sub(r".../\1", message)

@@ -1,0 +1,35 @@
+"""rl_optimizer/benchmarks: every module runs at its smallest setting and prints its figures.
+
+Each module found by pkgutil runs as `python -m rl_optimizer.benchmarks.NAME --quick` in a
+process of its own (as a user runs it), so a benchmark that rots, like the serving one that
+once crashed on a changed helper, fails here. Figures are not checked: the machine is shared.
+"""
+
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+
+import pytest
+
+import rl_optimizer.benchmarks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = sorted(m.name for m in pkgutil.iter_modules(rl_optimizer.benchmarks.__path__))
+FIGURE = re.compile(r"^\w+: \S", re.MULTILINE)
+
+
+def test_benchmarks_are_found():
+    assert {"serving", "keras_step"} <= set(MODULES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODULES)
+def test_benchmark_runs_quick(name):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    result = subprocess.run([sys.executable, "-m", f"rl_optimizer.benchmarks.{name}", "--quick"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert FIGURE.search(result.stdout), f"no `name: value` line in:\n{result.stdout[-3000:]}"
