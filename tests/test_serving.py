@@ -71,8 +71,12 @@ def step_data(n: int, seed: int = 0, fresh: bool = False):
 _STATE_MAKER = LearnedPolicy.random(seed=99)
 
 
-def in_process_step(policy, gradient, state):
-    update, new_state = policy.step(tf.constant(gradient), features.unpack(tf.constant(state)))
+def in_process_step(policy, gradient, state, segments=None):
+    """`policy.step` here; all one tensor unless `segments` (contiguous ids 0..k-1)."""
+    if segments is not None:
+        segments = features.Segments(tf.constant(segments, tf.int32), int(segments.max()) + 1)
+    update, new_state = policy.step(tf.constant(gradient), features.unpack(tf.constant(state)),
+                                    segments)
     return update.numpy(), features.pack(new_state).numpy()
 
 
@@ -179,7 +183,7 @@ BAD_PREDICTS = [
     ("dtype", lambda r: _set_input(r, GRADIENT, np.zeros(10, np.float64)),
      Code.INVALID_ARGUMENT, "dtype DT_DOUBLE", False),
     ("N mismatch", lambda r: _set_input(r, STATE, np.zeros((9, S), np.float32)),
-     Code.INVALID_ARGUMENT, "gradient has 10, state has 9", False),
+     Code.INVALID_ARGUMENT, "gradient has 10, segments has 10, state has 9", False),
     ("state width", lambda r: _set_input(r, STATE, np.zeros((10, S + 1), np.float32)),
      Code.INVALID_ARGUMENT, f"dimension 1 must be {S}", True),
     ("gradient rank", lambda r: _set_input(r, GRADIENT, np.zeros((10, 1), np.float32)),
@@ -272,9 +276,7 @@ def test_client(policy_server, serving_policies):
     segments = np.repeat(np.arange(6), 200)
     with PolicyClient(policy_server.target) as client:
         update, new_state = client.step(gradient, state, segments)
-    want_update, _ = serving_policies[0].step(
-        tf.constant(gradient), features.unpack(tf.constant(state)),
-        features.Segments(tf.constant(segments, tf.int32), 6))
+    want_update, _ = in_process_step(serving_policies[0], gradient, state, segments)
     np.testing.assert_allclose(update, want_update, rtol=1e-6, atol=1e-7)
     chunked = PolicyClient(policy_server.target, chunk_size=250, max_in_flight=2)
     chunked_update, chunked_state = chunked.step(gradient, state, segments)
@@ -317,8 +319,9 @@ def test_client_step_is_one_versions_even_across_a_reload(
 
     client._predict = FirstChunkToVersion1()
     gradient, state = step_data(300)
-    update, new_state = client.step(gradient, state)
-    want_update, want_state = in_process_step(serving_policies[1], gradient, state)
+    segments = np.repeat(np.arange(3), 100)  # one request per tensor
+    update, new_state = client.step(gradient, state, segments)
+    want_update, want_state = in_process_step(serving_policies[1], gradient, state, segments)
     np.testing.assert_allclose(update, want_update, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(new_state, want_state, rtol=1e-6, atol=1e-6)
     assert client.last_version == 2

@@ -112,7 +112,7 @@ def wait_for(condition, what: str, seconds: float = 60):
 def test_tiny_request_with_a_huge_shape_costs_nothing(served_process, coordinates):
     target, pid = served_process
     request = serving_benchmark.tiny_request(coordinates)
-    assert request.ByteSize() < 100
+    assert request.ByteSize() < 128  # a few dozen bytes: three declared inputs, one value
     before = rss_bytes(pid)
     error = refusal(stub(target).Predict, request)
     assert error.code() in REFUSED, error.details()
@@ -149,13 +149,15 @@ def test_request_whose_response_cannot_fit_is_refused_before_running(serve, monk
     ours = serve(max_message_bytes=limit)
     runs = []
     monkeypatch.setattr(Servable, "run", lambda self, *a: runs.append(a) or {})
-    # Just under the request limit: gRPC lets it in; its answer would be a little larger.
-    n = (limit - 1024) // (4 * (1 + S))
+    # Just under the message limit: gRPC lets it in; its rows are more than one message of
+    # inputs or of the answer may hold, which the declared shapes tell before anything runs.
+    per_row = 4 * (2 + S)  # the larger side: gradient, state and segments
+    n = (limit - 1024) // per_row
     request = step_request(n)
     assert request.ByteSize() < limit
     error = refusal(stub(ours.target).Predict, request)
     assert error.code() == Code.RESOURCE_EXHAUSTED, error.details()
-    most = (limit - MESSAGE_HEADROOM_BYTES) // (4 * (1 + S))
+    most = (limit - MESSAGE_HEADROOM_BYTES) // per_row
     assert f"send at most {most:,} coordinates" in error.details()
     assert not runs  # refused before the model ran
 
@@ -359,7 +361,7 @@ class CountingStepper:
 
     state_size = S
 
-    def step(self, gradient, state):
+    def step(self, gradient, state, segments=None):
         state = state.copy()
         state[:, 0] += 1
         return -gradient, state
