@@ -154,8 +154,9 @@ def test_periodic_validation_for_the_training_loop(tmp_path):
                                   tuning_instances=2)
     writer = tf.summary.create_file_writer(str(tmp_path))
     first = validate(LearnedPolicy.random(seed=0), step=1, writer=writer)
-    assert set(first) == {"win_rate_vs_adam", "median_steps_ratio_vs_adam", "success_rate",
-                          "divergences"}
+    assert set(first) == {"win_rate_vs_adam", "median_steps_ratio_vs_adam",
+                          "final_win_rate_vs_adam", "success_rate", "divergences"}
+    assert 0.0 <= first["final_win_rate_vs_adam"] <= 1.0
     adam = validate.benchmark.baseline_runs("quadratic")["adam"]
     validate(LearnedPolicy.random(seed=1), step=2, writer=writer)
     assert validate.benchmark.baseline_runs("quadratic")["adam"] is adam  # tuned and run once

@@ -200,3 +200,14 @@ def test_same_seed_trains_the_same_policy(smoke_run, tmp_path):
     for a, b in zip(_actor_weights(result.export_path),
                     _actor_weights(smoke_run.result.export_path)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_selection_score_weighs_steps_and_final_gap_and_disqualifies_divergence():
+    from rl_optimizer.train import selection_score
+
+    clean = {"win_rate_vs_adam": 0.2, "final_win_rate_vs_adam": 0.6, "divergences": 0}
+    assert selection_score(clean) == pytest.approx(0.4)
+    assert selection_score({**clean, "divergences": 1}) < min(0.0, selection_score(
+        {**clean, "win_rate_vs_adam": 0.0, "final_win_rate_vs_adam": 0.0}))
+    # A validation without the final-gap figure is scored on steps alone.
+    assert selection_score({"win_rate_vs_adam": 0.3, "divergences": 0}) == pytest.approx(0.3)
