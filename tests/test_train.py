@@ -211,3 +211,6 @@ def test_selection_score_weighs_steps_and_final_gap_and_disqualifies_divergence(
         {**clean, "win_rate_vs_adam": 0.0, "final_win_rate_vs_adam": 0.0}))
     # A validation without the final-gap figure is scored on steps alone.
     assert selection_score({"win_rate_vs_adam": 0.3, "divergences": 0}) == pytest.approx(0.3)
+    # With network families, their final-gap win rate is half the score.
+    assert selection_score({**clean, "network_final_win_rate_vs_adam": 1.0}) == \
+        pytest.approx(0.7)

@@ -49,7 +49,8 @@ class PeriodicValidation:
     def pooled(self, results: EvaluationResults) -> dict[str, float]:
         """win_rate_vs_<b> and median_steps_ratio_vs_<b> (steps to eps), final_win_rate_vs_<b>
         (a strictly lower final gap: what counts where neither reaches eps, as on networks)
-        per baseline, pooled over families, with the policy's success rate and divergences."""
+        per baseline, pooled over families, network_final_win_rate_vs_<b> over the network
+        families alone (if any), the policy's success rate and divergences."""
         out = {}
         mine = [results.runs[f][results.policy] for f in results.families]
         for b in self.benchmark.baselines:
@@ -57,12 +58,19 @@ class PeriodicValidation:
             out[f"win_rate_vs_{b}"] = c.win_rate
             out[f"median_steps_ratio_vs_{b}"] = c.median_steps_ratio
             theirs = [results.runs[f][b] for f in results.families]
-            out[f"final_win_rate_vs_{b}"] = float(np.mean(np.concatenate(
-                [_final_log_gap(m) < _final_log_gap(t) for m, t in zip(mine, theirs)])))
+            wins = [_final_log_gap(m) < _final_log_gap(t) for m, t in zip(mine, theirs)]
+            out[f"final_win_rate_vs_{b}"] = float(np.mean(np.concatenate(wins)))
+            networks = [w for f, w in zip(results.families, wins) if self._is_network(f)]
+            if networks:
+                out[f"network_final_win_rate_vs_{b}"] = float(np.mean(np.concatenate(networks)))
         out["success_rate"] = float(np.mean(np.concatenate(
             [np.isfinite(r.success_steps(self.eps)) for r in mine])))
         out["divergences"] = int(sum(r.diverged.sum() for r in mine))
         return out
+
+    def _is_network(self, family: str) -> bool:
+        """Whether `family`'s instances train on minibatches (the network families)."""
+        return self.benchmark.objectives(family)[0].batch_size is not None
 
     def write(self, results: EvaluationResults, summary: dict, step: int, writer) -> None:
         import tensorflow as tf
