@@ -1,7 +1,8 @@
 """`rl-optimizer`: the command line. Each subcommand lives beside the stage it runs.
 
-A stage module offers `add_arguments(parser)` and `run_command(args) -> int`; this file only
-registers them, so `rl-optimizer --help` lists exactly what exists.
+A stage module offers `add_arguments(parser)` and `run_command(args) -> int` (or names an object
+that does, as `module:name`); this file only registers them, so `rl-optimizer --help` lists
+exactly what exists.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ COMMANDS = {
                  "evaluate a policy against tuned baselines: report, CSV, plots"),
     "export": ("rl_optimizer.export", "export a policy as a TF Serving model version"),
     "serve": ("rl_optimizer.serving.server", "serve exported policies over TF Serving's gRPC API"),
+    "replay-server": ("rl_optimizer.distributed.commands:replay_server",
+                      "distributed training: the Reverb replay server (needs [distributed])"),
+    "collect": ("rl_optimizer.distributed.commands:collect",
+                "distributed training: a collector feeding the replay server"),
+    "learn": ("rl_optimizer.distributed.commands:learn",
+              "distributed training: the learner (evaluates, keeps the best policy, exports)"),
 }
 
 
@@ -26,6 +33,12 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
+def _command(target: str):
+    module, _, name = target.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, name) if name else loaded
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rl-optimizer", description="A reinforcement-learning agent that learns an optimizer.")
@@ -33,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(command)
+        _command(module).add_arguments(command)
     return parser
 
 
@@ -41,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
     try:
-        return importlib.import_module(args._module).run_command(args) or 0
-    except (ValueError, FileNotFoundError) as e:
+        return _command(args._module).run_command(args) or 0
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"rl-optimizer {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -154,6 +154,40 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Distributed training on Reverb (`rl_optimizer.distributed`): one learner, N collectors."""
+
+    host: str = "127.0.0.1"
+    """Address the roles of `train --collectors N` reach the replay server at (loopback)."""
+    port: int = 0
+    """Replay server port of `train --collectors N` (0: a free port, picked at start)."""
+    items_per_batch: int = 8
+    """Environment steps a training batch draws its coordinate transitions from."""
+    pull_every: int = 10
+    """Environment steps a collector takes between pulls of the learner's actor weights."""
+    rate_tolerance: float = 20.0
+    """Environment steps collection may run ahead of (or behind) the train/collect ratio."""
+    connect_retries: int = 10
+    """Tries to reach the replay server before giving up with an error naming its address."""
+    retry_seconds: float = 1.0
+    """Wait between those tries."""
+
+    def __post_init__(self):
+        _check_range("port", self.port, 0, 65535)
+        _check_range("items_per_batch", self.items_per_batch, 1, None)
+        _check_range("pull_every", self.pull_every, 1, None)
+        _check_range("rate_tolerance", self.rate_tolerance, 1, None)
+        _check_range("connect_retries", self.connect_retries, 1, None)
+        _check_range("retry_seconds", self.retry_seconds, 0, None)
+
+
+def _check_range(name: str, value, low, high) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a training run needs."""
 
@@ -169,6 +203,8 @@ class Config:
     """The training loop."""
     evaluation: EvaluationConfig = EvaluationConfig()
     """Periodic evaluation."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Distributed training (`train --collectors N`, `replay-server`, `collect`, `learn`)."""
 
 
 def from_dict(cls: type, data: Any, where: str = "config"):

@@ -1,0 +1,167 @@
+"""The replay server: Reverb tables, the connection to them, and the learner's dataset.
+
+    rl-optimizer replay-server --port 8000 [--config C] [--set k=v] [--checkpoint-dir D]
+
+One replay item is two consecutive environment steps of every coordinate ([2, B, ...]): a
+coordinate-batched step is written once, not B times, and the learner's dataset picks
+coordinates out of `distributed.items_per_batch` items per training batch. The rate limiter
+counts items, so "train_steps gradient steps per collect_steps environment steps" becomes
+`samples_per_insert = train_steps * items_per_batch / collect_steps`.
+
+Reverb 0.14's server listens on every interface (its C++ server binds `[::]:port`; there is
+no option to bind one address). The roles here only ever connect over the address they are
+given (127.0.0.1 by default); on a machine reachable from others, firewall the port.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import reverb
+import tensorflow as tf
+import yaml
+from tf_agents.replay_buffers import reverb_replay_buffer
+from tf_agents.specs import tensor_spec
+
+from rl_optimizer import agent as agent_lib
+from rl_optimizer.config import Config, from_dict, to_dict
+from rl_optimizer.distributed import CONFIG_TABLE, REPLAY_TABLE, VARIABLE_TABLE
+from rl_optimizer.environment import OptimizationEnv
+
+
+def build_role(config: Config, env_config=None):
+    """`(env, agent, train_step)` as every role builds them from the run's config."""
+    env = OptimizationEnv(env_config or config.environment, config.features)
+    train_step = tf.Variable(0, dtype=tf.int64, name="train_step")
+    agent = agent_lib.build_agent(tensor_spec.from_spec(env.time_step_spec()),
+                                  tensor_spec.from_spec(env.action_spec()), config, train_step)
+    return env, agent, train_step
+
+
+def shared_variables(agent, iteration: tf.Variable, done: tf.Variable) -> dict:
+    """What the learner pushes and collectors pull: the actor and the learner's progress.
+
+    The greedy and the collect policy share the actor network, so setting the greedy policy's
+    variables updates what collectors act with (their exploration noise stays their own).
+    """
+    return {"actor": agent.policy.variables(), "iteration": iteration, "done": done}
+
+
+def progress_variables() -> tuple[tf.Variable, tf.Variable]:
+    """`(iteration, done)`: the learner's iteration and whether it has finished (0/1)."""
+    return (tf.Variable(0, dtype=tf.int64, name="iteration"),
+            tf.Variable(0, dtype=tf.int64, name="done"))
+
+
+def samples_per_insert(config: Config) -> float:
+    t, d = config.training, config.distributed
+    return t.train_steps * d.items_per_batch / t.collect_steps
+
+
+def make_tables(config: Config, variable_signature) -> list[reverb.Table]:
+    """The replay table (rate-limited to the config's train/collect ratio) and two 1-slot tables."""
+    t = config.training
+    ratio = samples_per_insert(config)
+    # error_buffer is how far (in samples) the ratio may drift: rate_tolerance environment steps.
+    limiter = reverb.rate_limiters.SampleToInsertRatio(
+        samples_per_insert=ratio, min_size_to_sample=max(1, t.initial_collect_steps),
+        error_buffer=config.distributed.rate_tolerance * max(1.0, ratio))
+
+    def one_slot(name, signature):  # a rate limiter serves one table: a new one each
+        return reverb.Table(name, sampler=reverb.selectors.Fifo(),
+                            remover=reverb.selectors.Fifo(), max_size=1,
+                            rate_limiter=reverb.rate_limiters.MinSize(1), signature=signature)
+
+    return [
+        reverb.Table(REPLAY_TABLE, sampler=reverb.selectors.Uniform(),
+                     remover=reverb.selectors.Fifo(), max_size=t.replay_capacity,
+                     rate_limiter=limiter),
+        one_slot(VARIABLE_TABLE, variable_signature),
+        one_slot(CONFIG_TABLE, tf.TensorSpec((), tf.string)),
+    ]
+
+
+def start_server(config: Config, port: int = 0, checkpoint_dir: str | None = None
+                 ) -> reverb.Server:
+    """A Reverb server for `config`'s run; restores its tables from `checkpoint_dir`'s latest.
+
+    Args:
+      config: the run's config; collectors and learners read it back from the server.
+      port: the port (0: a free one, see `server.port`).
+      checkpoint_dir: where `client.checkpoint()` writes (the learner asks at each of its
+        checkpoints); a server started on a directory holding one starts from it.
+    """
+    _, agent, _ = build_role(config)
+    signature = tf.nest.map_structure(lambda v: tf.TensorSpec(v.shape, v.dtype),
+                                      shared_variables(agent, *progress_variables()))
+    checkpointer = None
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        checkpointer = reverb.checkpointers.DefaultCheckpointer(checkpoint_dir)
+    server = reverb.Server(make_tables(config, signature), port=port or None,
+                           checkpointer=checkpointer)
+    client = reverb.Client(f"127.0.0.1:{server.port}")
+    # A 1-slot FIFO table: this replaces a config restored from a checkpoint.
+    client.insert(np.array(yaml.safe_dump(to_dict(config), sort_keys=False).encode(), object),
+                  priorities={CONFIG_TABLE: 1.0})
+    return server
+
+
+def connect(address: str, retries: int = 10, retry_seconds: float = 1.0) -> reverb.Client:
+    """A client of the server at `address`, once it answers; retries, then names the address."""
+    last = None
+    for attempt in range(retries):
+        client = reverb.Client(address)
+        try:
+            client.server_info(timeout=max(1, math.ceil(retry_seconds)))
+            return client
+        except (reverb.errors.DeadlineExceededError, RuntimeError) as e:
+            last = e
+        if attempt + 1 < retries:
+            time.sleep(retry_seconds)
+    raise ConnectionError(f"cannot reach the replay server at {address} after {retries} "
+                          f"tries, {retry_seconds:g} s apart ({type(last).__name__}: "
+                          f"{str(last).splitlines()[0] if str(last) else ''})")
+
+
+def read_config(client: reverb.Client) -> Config:
+    """The run's config, as the server holds it."""
+    sample = next(client.sample(CONFIG_TABLE, num_samples=1))
+    text = sample[0].data[0]
+    return from_dict(Config, yaml.safe_load(text.item().decode()))
+
+
+def table_size(client: reverb.Client, table: str = REPLAY_TABLE) -> int:
+    return int(client.server_info()[table].current_size)
+
+
+def training_dataset(address: str, config: Config, agent, coordinates: int) -> tf.data.Dataset:
+    """Batches of `training.batch_size` coordinate transitions [batch, 2, ...] for DDPG.
+
+    Each batch draws its coordinates uniformly (with replacement, as `TFUniformReplayBuffer`
+    does) from `distributed.items_per_batch` items sampled from the replay table, so one batch
+    mixes several steps and episodes, and the rate limiter counts whole batches.
+    """
+    items = config.distributed.items_per_batch
+    batch = config.training.batch_size
+    per_item = -(-batch // items)
+    data_spec = tensor_spec.add_outer_dims_nest(agent.collect_data_spec, (coordinates,))
+    buffer = reverb_replay_buffer.ReverbReplayBuffer(
+        data_spec, REPLAY_TABLE, sequence_length=2, server_address=address)
+
+    def flatten(trajectory, info):
+        index = tf.random.uniform([items, per_item], 0, coordinates, tf.int32)
+
+        def pick(x):  # [items, 2, B, ...] -> [batch, 2, ...]
+            x = tf.gather(x, index, axis=2, batch_dims=1)
+            x = tf.transpose(x, [0, 2, 1] + list(range(3, x.shape.rank)))
+            return tf.reshape(x, [-1, 2, *x.shape[3:]])[:batch]
+
+        return tf.nest.map_structure(pick, trajectory), ()
+
+    dataset = buffer.as_dataset(sample_batch_size=items, num_steps=2)
+    return dataset.map(flatten).prefetch(1)
+
