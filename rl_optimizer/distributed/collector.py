@@ -17,11 +17,10 @@ import numpy as np
 import reverb
 import tensorflow as tf
 from tf_agents.drivers import py_driver
-from tf_agents.experimental.distributed import reverb_variable_container
 from tf_agents.policies import py_tf_eager_policy
 
 from rl_optimizer.config import DistributedConfig
-from rl_optimizer.distributed import REPLAY_TABLE, VARIABLE_TABLE
+from rl_optimizer.distributed import REPLAY_TABLE
 from rl_optimizer.distributed import replay as replay_lib
 
 FLUSH_TIMEOUT_MS = 1000
@@ -85,33 +84,26 @@ def collect(address: str, task: int, max_steps: int | None = None, log=print) ->
     env_config = dataclasses.replace(config.environment, seed=config.environment.seed + 1 + task)
     env, agent, _ = replay_lib.build_role(config, env_config)
     env.prefill_pool()
-    iteration, done = replay_lib.progress_variables()
-    variables = replay_lib.shared_variables(agent, iteration, done)
-    container = reverb_variable_container.ReverbVariableContainer(address, [VARIABLE_TABLE])
-
-    def learner_done() -> bool:
-        container.update(variables, VARIABLE_TABLE)
-        return bool(done.numpy())
-
-    observer = CoordinateBatchObserver(client, REPLAY_TABLE, learner_done)
+    shared = replay_lib.SharedVariables(address, agent)
+    observer = CoordinateBatchObserver(client, REPLAY_TABLE, shared.pull)
     policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy, use_tf_function=True,
                                                 batch_time_steps=False)
     # PyDriver counts transitions, and a step of the batched environment is B of them.
     driver = py_driver.PyDriver(env, policy, [observer],
                                 max_steps=d.pull_every * env.batch_size)
     time_step, policy_state = env.reset(), policy.get_initial_state(env.batch_size)
-    finished = learner_done()  # waits for the learner's first weights
-    log(f"collector {task}: joined {address} at learner iteration {int(iteration.numpy())}")
+    finished = shared.pull()  # waits for the learner's first weights
+    log(f"collector {task}: joined {address} at learner iteration {int(shared.iteration.numpy())}")
     steps, start = 0, time.time()
     try:
         while not finished and (max_steps is None or steps < max_steps):
             time_step, policy_state = driver.run(time_step, policy_state)
             steps += d.pull_every
-            finished = learner_done()
+            finished = shared.pull()
     except LearnerDone:
         pass
     log(f"collector {task}: {observer.items} items ({observer.items * env.batch_size} "
         f"coordinate transitions) in {time.time() - start:.1f} s; learner iteration "
-        f"{int(iteration.numpy())}{', done' if done.numpy() else ''}")
+        f"{int(shared.iteration.numpy())}{', done' if shared.done.numpy() else ''}")
     return observer.items
 

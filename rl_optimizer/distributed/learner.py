@@ -19,13 +19,11 @@ import os
 import time
 
 import tensorflow as tf
-from tf_agents.experimental.distributed import reverb_variable_container
 from tf_agents.train import interval_trigger
 from tf_agents.train import learner as learner_lib
 from tqdm.auto import tqdm
 
 from rl_optimizer.config import Config, to_dict
-from rl_optimizer.distributed import VARIABLE_TABLE
 from rl_optimizer.distributed import replay as replay_lib
 from rl_optimizer.train import (
     TrainResult,
@@ -41,6 +39,25 @@ from rl_optimizer.train import (
 def _same_run(a: Config, b: Config) -> bool:
     # Where the server listens may differ between the run's start and its resumption.
     return {**to_dict(a), "distributed": None} == {**to_dict(b), "distributed": None}
+
+
+def build_learner(config: Config, address: str, run_dir: str, client):
+    """`(learner, agent, train_step)`: a `Learner` restored from `<run_dir>/checkpoints`.
+
+    It checkpoints every `checkpoint_every` iterations, and asks the server (`client`) for a
+    Reverb checkpoint of the replay table at the same steps.
+    """
+    t = config.training
+    env, agent, train_step = replay_lib.build_role(config)
+    tf.keras.utils.set_random_seed(t.seed)
+    every = t.checkpoint_every * t.train_steps
+    learner = learner_lib.Learner(
+        os.path.join(run_dir, "checkpoints"), train_step, agent,
+        experience_dataset_fn=lambda: replay_lib.training_dataset(address, config, agent,
+                                                                  env.batch_size),
+        triggers=[interval_trigger.IntervalTrigger(every, client.checkpoint)],
+        checkpoint_interval=every, summary_interval=0, max_checkpoints_to_keep=2)
+    return learner, agent, train_step
 
 
 def learn(address: str, run_dir: str, resume: bool = False, progress: bool = True,
@@ -62,30 +79,12 @@ def learn(address: str, run_dir: str, resume: bool = False, progress: bool = Tru
         raise ValueError(f"the replay server at {address} serves another config than the run "
                          f"in {run_dir!r}; start the server with that run's config.yaml")
     t = config.training
-    env, agent, train_step = replay_lib.build_role(config)
-    tf.keras.utils.set_random_seed(t.seed)
-    learner = learner_lib.Learner(
-        os.path.join(run_dir, "checkpoints"), train_step, agent,
-        experience_dataset_fn=lambda: replay_lib.training_dataset(address, config, agent,
-                                                                  env.batch_size),
-        # The replay table is checkpointed with the learner (same interval, same steps).
-        triggers=[interval_trigger.IntervalTrigger(t.checkpoint_every * t.train_steps,
-                                                   client.checkpoint)],
-        checkpoint_interval=t.checkpoint_every * t.train_steps, summary_interval=0,
-        max_checkpoints_to_keep=2)
+    learner, agent, train_step = build_learner(config, address, run_dir, client)
     iteration = int(train_step.numpy()) // t.train_steps
     if resume:
         log(f"learner: resumed at iteration {iteration}; replay table holds "
             f"{replay_lib.table_size(client)} items")
-    iteration_var, done = replay_lib.progress_variables()
-    variables = replay_lib.shared_variables(agent, iteration_var, done)
-    container = reverb_variable_container.ReverbVariableContainer(address, [VARIABLE_TABLE])
-
-    def push(it: int, finished: bool = False) -> None:
-        iteration_var.assign(it)
-        done.assign(int(finished))
-        container.push(variables, VARIABLE_TABLE)
-
+    push = replay_lib.SharedVariables(address, agent).push
     push(iteration)
     evaluate_fn = evaluate_fn or make_evaluate_fn(config)
     best = _BestPolicy(run_dir)

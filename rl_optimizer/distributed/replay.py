@@ -23,6 +23,7 @@ import numpy as np
 import reverb
 import tensorflow as tf
 import yaml
+from tf_agents.experimental.distributed import reverb_variable_container
 from tf_agents.replay_buffers import reverb_replay_buffer
 from tf_agents.specs import tensor_spec
 
@@ -41,19 +42,42 @@ def build_role(config: Config, env_config=None):
     return env, agent, train_step
 
 
-def shared_variables(agent, iteration: tf.Variable, done: tf.Variable) -> dict:
-    """What the learner pushes and collectors pull: the actor and the learner's progress.
-
-    The greedy and the collect policy share the actor network, so setting the greedy policy's
-    variables updates what collectors act with (their exploration noise stays their own).
-    """
+def _shared(agent, iteration: tf.Variable, done: tf.Variable) -> dict:
+    # The greedy and the collect policy share the actor network, so setting the greedy
+    # policy's variables updates what collectors act with (their noise stays their own).
     return {"actor": agent.policy.variables(), "iteration": iteration, "done": done}
 
 
-def progress_variables() -> tuple[tf.Variable, tf.Variable]:
-    """`(iteration, done)`: the learner's iteration and whether it has finished (0/1)."""
+def _progress_variables() -> tuple[tf.Variable, tf.Variable]:
     return (tf.Variable(0, dtype=tf.int64, name="iteration"),
             tf.Variable(0, dtype=tf.int64, name="done"))
+
+
+class SharedVariables:
+    """The variable table: the learner pushes its actor and progress, collectors pull them."""
+
+    def __init__(self, address: str, agent):
+        self.iteration, self.done = _progress_variables()
+        self.variables = _shared(agent, self.iteration, self.done)
+        self.container = reverb_variable_container.ReverbVariableContainer(address,
+                                                                           [VARIABLE_TABLE])
+
+    def push(self, iteration: int, finished: bool = False) -> None:
+        self.iteration.assign(iteration)
+        self.done.assign(int(finished))
+        self.container.push(self.variables, VARIABLE_TABLE)
+
+    def pull(self) -> bool:
+        """Sets the actor to the learner's latest weights; True once the learner is done.
+
+        Waits for the learner's first push."""
+        self.container.update(self.variables, VARIABLE_TABLE)
+        return bool(self.done.numpy())
+
+    @staticmethod
+    def signature(agent):
+        return tf.nest.map_structure(lambda v: tf.TensorSpec(v.shape, v.dtype),
+                                     _shared(agent, *_progress_variables()))
 
 
 def samples_per_insert(config: Config) -> float:
@@ -95,8 +119,7 @@ def start_server(config: Config, port: int = 0, checkpoint_dir: str | None = Non
         checkpoints); a server started on a directory holding one starts from it.
     """
     _, agent, _ = build_role(config)
-    signature = tf.nest.map_structure(lambda v: tf.TensorSpec(v.shape, v.dtype),
-                                      shared_variables(agent, *progress_variables()))
+    signature = SharedVariables.signature(agent)
     checkpointer = None
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
