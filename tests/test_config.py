@@ -53,3 +53,16 @@ def test_bad_values_name_the_key(override, match):
 def test_missing_file():
     with pytest.raises(ValueError, match="does not exist"):
         load_config("no/such.yaml")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("distributed.port=70000", r"distributed: port must be in \[0, 65535\], got 70000"),
+    ("distributed.items_per_batch=0", "distributed: items_per_batch must be >= 1"),
+    ("distributed.pull_every=0", "distributed: pull_every must be >= 1"),
+    ("distributed.rate_tolerance=0.5", "distributed: rate_tolerance must be >= 1"),
+    ("distributed.connect_retries=0", "distributed: connect_retries must be >= 1"),
+    ("distributed.retry_seconds=-1", "distributed: retry_seconds must be >= 0"),
+])
+def test_distributed_section_ranges_name_the_key(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [override])
