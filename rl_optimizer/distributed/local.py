@@ -26,8 +26,10 @@ FINISH_SECONDS = 5
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _child_setup() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Ctrl-C is the learner's to handle (it checkpoints); collectors are stopped after it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class CollectorPool:
@@ -47,7 +49,7 @@ class CollectorPool:
             process = subprocess.Popen(
                 [sys.executable, "-m", "rl_optimizer.cli", "collect", "--address", self.address,
                  "--task", str(task)], stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                preexec_fn=_child_setup)
         self.log(f"collector {task} started: pid {process.pid}")
         return process
 
