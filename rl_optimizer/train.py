@@ -301,6 +301,8 @@ def run_command(args) -> int:
         raise ValueError(f"--collectors must be >= 0, got {args.collectors}")
     if args.collectors:
         # Imported here: the [distributed] extra (dm-reverb) is optional for single-process runs.
+        from rl_optimizer.distributed.commands import require_distributed
+        require_distributed("train --collectors")
         from rl_optimizer.distributed.local import train_distributed
         result = train_distributed(config, args.run_dir, args.collectors, resume=args.resume,
                                    progress=not args.no_progress)

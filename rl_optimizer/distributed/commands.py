@@ -12,12 +12,17 @@ import threading
 import types
 
 
-def _roles(name: str):
+def require_distributed(command: str) -> None:
+    """A clear error when the [distributed] extra is missing."""
     try:
         import reverb  # noqa: F401
     except ImportError as e:
-        raise ValueError(f"rl-optimizer {name} needs the [distributed] extra (dm-reverb, Linux "
-                         f"x86_64): pip install 'rl_optimizer[distributed]' ({e})") from None
+        raise ValueError(f"rl-optimizer {command} needs the [distributed] extra (dm-reverb, "
+                         f"Linux x86_64): pip install 'rl_optimizer[distributed]' ({e})") from None
+
+
+def _roles(command: str):
+    require_distributed(command)
     from rl_optimizer.distributed import collector, learner, replay
     return types.SimpleNamespace(collector=collector, learner=learner, replay=replay)
 

@@ -48,8 +48,8 @@ def build_learner(config: Config, address: str, run_dir: str, client):
     Reverb checkpoint of the replay table at the same steps.
     """
     t = config.training
+    tf.keras.utils.set_random_seed(t.seed)  # the initial networks are the seed's
     env, agent, train_step = replay_lib.build_role(config)
-    tf.keras.utils.set_random_seed(t.seed)
     every = t.checkpoint_every * t.train_steps
     learner = learner_lib.Learner(
         os.path.join(run_dir, "checkpoints"), train_step, agent,
