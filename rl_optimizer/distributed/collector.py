@@ -19,7 +19,6 @@ import tensorflow as tf
 from tf_agents.drivers import py_driver
 from tf_agents.policies import py_tf_eager_policy
 
-from rl_optimizer.config import DistributedConfig
 from rl_optimizer.distributed import REPLAY_TABLE
 from rl_optimizer.distributed import replay as replay_lib
 
@@ -76,8 +75,7 @@ class CoordinateBatchObserver:
 
 def collect(address: str, task: int, max_steps: int | None = None, log=print) -> int:
     """Collects into the server at `address` until the learner is done; returns items written."""
-    defaults = DistributedConfig()  # the run's own settings are on the server
-    client = replay_lib.connect(address, defaults.connect_retries, defaults.retry_seconds)
+    client = replay_lib.connect(address)
     config = replay_lib.read_config(client)
     d = config.distributed
     tf.keras.utils.set_random_seed(config.training.seed + 1 + task)

@@ -28,7 +28,7 @@ from tf_agents.replay_buffers import reverb_replay_buffer
 from tf_agents.specs import tensor_spec
 
 from rl_optimizer import agent as agent_lib
-from rl_optimizer.config import Config, from_dict, to_dict
+from rl_optimizer.config import Config, DistributedConfig, from_dict, to_dict
 from rl_optimizer.distributed import CONFIG_TABLE, REPLAY_TABLE, VARIABLE_TABLE
 from rl_optimizer.environment import OptimizationEnv
 
@@ -133,8 +133,16 @@ def start_server(config: Config, port: int = 0, checkpoint_dir: str | None = Non
     return server
 
 
-def connect(address: str, retries: int = 10, retry_seconds: float = 1.0) -> reverb.Client:
-    """A client of the server at `address`, once it answers; retries, then names the address."""
+def connect(address: str, retries: int | None = None,
+            retry_seconds: float | None = None) -> reverb.Client:
+    """A client of the server at `address`, once it answers; retries, then names the address.
+
+    The defaults are `DistributedConfig`'s: a role learns the run's own settings only from the
+    server it is connecting to.
+    """
+    defaults = DistributedConfig()
+    retries = defaults.connect_retries if retries is None else retries
+    retry_seconds = defaults.retry_seconds if retry_seconds is None else retry_seconds
     last = None
     for attempt in range(retries):
         client = reverb.Client(address)
