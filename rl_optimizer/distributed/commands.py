@@ -52,6 +52,8 @@ def _replay_server(args) -> int:
     server = replay.start_server(config, args.port, args.checkpoint_dir)
     items = replay.table_size(replay.connect(f"127.0.0.1:{server.port}"))
     _printer(f"replay server on port {server.port} ({items} replay items); Ctrl-C stops it")
+    _printer(f"note: Reverb listens on every interface; where others can reach this machine, "
+             f"firewall port {server.port}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
