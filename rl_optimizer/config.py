@@ -161,8 +161,10 @@ class DistributedConfig:
     """Address the roles of `train --collectors N` reach the replay server at (loopback)."""
     port: int = 0
     """Replay server port of `train --collectors N` (0: a free port, picked at start)."""
+    coordinates_per_item: int = 128
+    """Coordinates a replay item holds: a step's are shuffled once per episode and split."""
     items_per_batch: int = 8
-    """Environment steps a training batch draws its coordinate transitions from."""
+    """Replay items a training batch draws its coordinate transitions from."""
     pull_every: int = 10
     """Environment steps a collector takes between pulls of the learner's actor weights."""
     rate_tolerance: float = 20.0
@@ -174,6 +176,7 @@ class DistributedConfig:
 
     def __post_init__(self):
         _check_range("port", self.port, 0, 65535)
+        _check_range("coordinates_per_item", self.coordinates_per_item, 1, None)
         _check_range("items_per_batch", self.items_per_batch, 1, None)
         _check_range("pull_every", self.pull_every, 1, None)
         _check_range("rate_tolerance", self.rate_tolerance, 1, None)

@@ -165,24 +165,27 @@ def test_observer_writes_two_step_items_and_the_dataset_flattens_coordinates(
     from rl_optimizer.distributed.collector import CoordinateBatchObserver
 
     config = load_config(smoke_config_path)
-    config = dataclasses.replace(config, environment=dataclasses.replace(config.environment,
-                                                                         horizon=3))
+    # 11 coordinates in items of 4: 3 items per step, the last one filled up cyclically.
+    config = dataclasses.replace(
+        config, environment=dataclasses.replace(config.environment, horizon=3),
+        distributed=dataclasses.replace(config.distributed, coordinates_per_item=4))
     server = replay.start_server(config, checkpoint_dir=str(tmp_path / "replay"))
     try:
         address = f"127.0.0.1:{server.port}"
         client = replay.connect(address)
         assert replay.read_config(client) == config
         env, agent, _ = replay.build_role(config)
-        observer = CoordinateBatchObserver(client, REPLAY_TABLE, should_stop=lambda: True)
+        observer = CoordinateBatchObserver(client, REPLAY_TABLE, 4, should_stop=lambda: True)
         policy = random_py_policy.RandomPyPolicy(env.time_step_spec(), env.action_spec(),
                                                  outer_dims=(env.batch_size,))
         # PyDriver counts non-boundary transitions: 6 of them are 7 trajectories of 3-step
         # episodes, FIRST MID MID LAST|boundary FIRST MID MID. Items pair each with the next,
-        # except the boundary with the next episode's first: 5.
+        # except the boundary with the next episode's first: 5, times 3 items per step.
         py_driver.PyDriver(env, policy, [observer], max_steps=6 * env.batch_size).run(
             env.reset())
         observer.close()
-        assert observer.items == replay.table_size(client) == 5
+        assert env.batch_size == 11
+        assert observer.items == replay.table_size(client) == 15
         batch, _ = next(iter(replay.training_dataset(address, config, agent, env.batch_size)))
         assert batch.observation.shape == (config.training.batch_size, 2,
                                            *env.observation_spec().shape)
@@ -193,7 +196,7 @@ def test_observer_writes_two_step_items_and_the_dataset_flattens_coordinates(
         server.stop()
     restarted = replay.start_server(config, checkpoint_dir=str(tmp_path / "replay"))
     try:
-        assert replay.table_size(replay.connect(f"127.0.0.1:{restarted.port}")) == 5
+        assert replay.table_size(replay.connect(f"127.0.0.1:{restarted.port}")) == 15
     finally:
         restarted.stop()
 

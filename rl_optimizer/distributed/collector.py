@@ -30,47 +30,68 @@ class LearnerDone(Exception):
 
 
 class CoordinateBatchObserver:
-    """Writes coordinate-batched trajectories as 2-step items [2, B, ...] into one table.
+    """Writes coordinate-batched trajectories as 2-step items [2, C, ...] into one table.
 
-    tf_agents' `ReverbAddTrajectoryObserver` takes unbatched trajectories only. An item starts at
-    every step except an episode boundary (its "next" step is another episode's first).
+    tf_agents' `ReverbAddTrajectoryObserver` takes unbatched trajectories only. At each episode
+    start the B coordinates are shuffled and split into K = ceil(B / C) groups of C (the last
+    one filled up cyclically); each group has its own writer, and every step adds one item per
+    group pairing it with the step before, except after an episode boundary (whose "next" step
+    is another episode's first).
 
     Args:
       client: a `reverb.Client` of the server.
       table: the replay table.
+      coordinates_per_item: C.
       should_stop: called while a write waits on the rate limiter; True stops collection.
-      max_in_flight: items that may wait unconfirmed before a write blocks.
+      seed: seeds the shuffles.
+      max_in_flight: items per writer that may wait unconfirmed before a write blocks.
     """
 
-    def __init__(self, client: reverb.Client, table: str, should_stop, max_in_flight: int = 2):
-        self._writer = client.trajectory_writer(num_keep_alive_refs=2)
-        self._table, self._should_stop, self._max_in_flight = table, should_stop, max_in_flight
+    def __init__(self, client: reverb.Client, table: str, coordinates_per_item: int,
+                 should_stop, seed: int = 0, max_in_flight: int = 2):
+        self._client, self._table, self._per_item = client, table, coordinates_per_item
+        self._should_stop, self._max_in_flight = should_stop, max_in_flight
+        self._rng = np.random.default_rng(seed)
+        self._writers, self._groups = [], None
         self._previous_boundary = None
         self.items = 0
 
+    def _regroup(self, batch_size: int) -> None:
+        per_item = min(self._per_item, batch_size)
+        count = -(-batch_size // per_item)
+        self._groups = np.resize(self._rng.permutation(batch_size), (count, per_item))
+        while len(self._writers) < count:
+            self._writers.append(self._client.trajectory_writer(num_keep_alive_refs=2))
+
     def __call__(self, trajectory) -> None:
-        self._writer.append(trajectory)
+        if self._previous_boundary in (None, True):  # a new episode: new groups
+            self._regroup(trajectory.reward.shape[0])
+        for writer, group in zip(self._writers, self._groups):
+            writer.append(tf.nest.map_structure(lambda x, g=group: np.asarray(x)[g], trajectory))
+            if self._previous_boundary is False:
+                writer.create_item(
+                    self._table, priority=1.0,
+                    trajectory=tf.nest.map_structure(lambda c: c[-2:], writer.history))
+                self.items += 1
         if self._previous_boundary is False:
-            self._writer.create_item(
-                self._table, priority=1.0,
-                trajectory=tf.nest.map_structure(lambda c: c[-2:], self._writer.history))
-            self.items += 1
             self._flush(self._max_in_flight)
         self._previous_boundary = bool(np.any(trajectory.is_boundary()))
 
     def _flush(self, in_flight: int) -> None:
         # The rate limiter holds writes while collection is ahead of the learner; waiting in
         # short slices lets the collector notice that the learner has finished meanwhile.
-        while True:
-            try:
-                self._writer.flush(in_flight, timeout_ms=FLUSH_TIMEOUT_MS)
-                return
-            except reverb.errors.DeadlineExceededError:
-                if self._should_stop():
-                    raise LearnerDone from None
+        for writer in self._writers:
+            while True:
+                try:
+                    writer.flush(in_flight, timeout_ms=FLUSH_TIMEOUT_MS)
+                    break
+                except reverb.errors.DeadlineExceededError:
+                    if self._should_stop():
+                        raise LearnerDone from None
 
     def close(self) -> None:
-        self._writer.close()
+        for writer in self._writers:
+            writer.close()
 
 
 def collect(address: str, task: int, max_steps: int | None = None, log=print) -> int:
@@ -83,7 +104,8 @@ def collect(address: str, task: int, max_steps: int | None = None, log=print) ->
     env, agent, _ = replay_lib.build_role(config, env_config)
     env.prefill_pool()
     shared = replay_lib.SharedVariables(address, agent)
-    observer = CoordinateBatchObserver(client, REPLAY_TABLE, shared.pull)
+    observer = CoordinateBatchObserver(client, REPLAY_TABLE, d.coordinates_per_item,
+                                       shared.pull, seed=config.training.seed + 1 + task)
     policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy, use_tf_function=True,
                                                 batch_time_steps=False)
     # PyDriver counts transitions, and a step of the batched environment is B of them.
@@ -100,7 +122,8 @@ def collect(address: str, task: int, max_steps: int | None = None, log=print) ->
             finished = shared.pull()
     except LearnerDone:
         pass
-    log(f"collector {task}: {observer.items} items ({observer.items * env.batch_size} "
+    per_item = replay_lib.item_layout(config, env.batch_size)[0]
+    log(f"collector {task}: {observer.items} items ({observer.items * per_item} "
         f"coordinate transitions) in {time.time() - start:.1f} s; learner iteration "
         f"{int(shared.iteration.numpy())}{', done' if shared.done.numpy() else ''}")
     return observer.items

@@ -2,11 +2,12 @@
 
     rl-optimizer replay-server --port 8000 [--config C] [--set k=v] [--checkpoint-dir D]
 
-One replay item is two consecutive environment steps of every coordinate ([2, B, ...]): a
-coordinate-batched step is written once, not B times, and the learner's dataset picks
-coordinates out of `distributed.items_per_batch` items per training batch. The rate limiter
-counts items, so "train_steps gradient steps per collect_steps environment steps" becomes
-`samples_per_insert = train_steps * items_per_batch / collect_steps`.
+One replay item is two consecutive environment steps of `distributed.coordinates_per_item`
+coordinates ([2, C, ...]): a collector shuffles a step's B coordinates once per episode and
+splits them into K = ceil(B / C) items, so a batch drawn from a few items mixes instances,
+steps and episodes, and the learner reads only about the coordinates it trains on. The rate
+limiter counts items, so "train_steps gradient steps per collect_steps environment steps"
+becomes `samples_per_insert = train_steps * items_per_batch / (collect_steps * K)`.
 
 Reverb 0.14's server listens on every interface (its C++ server binds `[::]:port`; there is
 no option to bind one address). The roles here only ever connect over the address they are
@@ -80,19 +81,28 @@ class SharedVariables:
                                      _shared(agent, *_progress_variables()))
 
 
-def samples_per_insert(config: Config) -> float:
-    t, d = config.training, config.distributed
-    return t.train_steps * d.items_per_batch / t.collect_steps
+def item_layout(config: Config, batch_size: int) -> tuple[int, int]:
+    """`(C, K)`: coordinates per replay item and items per environment step of B coordinates."""
+    per_item = min(config.distributed.coordinates_per_item, batch_size)
+    return per_item, -(-batch_size // per_item)
 
 
-def make_tables(config: Config, variable_signature) -> list[reverb.Table]:
+def samples_per_insert(config: Config, batch_size: int) -> float:
+    t = config.training
+    items_per_step = item_layout(config, batch_size)[1]
+    return t.train_steps * config.distributed.items_per_batch / (t.collect_steps * items_per_step)
+
+
+def make_tables(config: Config, batch_size: int, variable_signature) -> list[reverb.Table]:
     """The replay table (rate-limited to the config's train/collect ratio) and two 1-slot tables."""
     t = config.training
-    ratio = samples_per_insert(config)
+    items_per_step = item_layout(config, batch_size)[1]
+    ratio = samples_per_insert(config, batch_size)
     # error_buffer is how far (in samples) the ratio may drift: rate_tolerance environment steps.
     limiter = reverb.rate_limiters.SampleToInsertRatio(
-        samples_per_insert=ratio, min_size_to_sample=max(1, t.initial_collect_steps),
-        error_buffer=config.distributed.rate_tolerance * max(1.0, ratio))
+        samples_per_insert=ratio, min_size_to_sample=max(1, t.initial_collect_steps) *
+        items_per_step,
+        error_buffer=config.distributed.rate_tolerance * max(1.0, ratio * items_per_step))
 
     def one_slot(name, signature):  # a rate limiter serves one table: a new one each
         return reverb.Table(name, sampler=reverb.selectors.Fifo(),
@@ -101,8 +111,8 @@ def make_tables(config: Config, variable_signature) -> list[reverb.Table]:
 
     return [
         reverb.Table(REPLAY_TABLE, sampler=reverb.selectors.Uniform(),
-                     remover=reverb.selectors.Fifo(), max_size=t.replay_capacity,
-                     rate_limiter=limiter),
+                     remover=reverb.selectors.Fifo(),
+                     max_size=t.replay_capacity * items_per_step, rate_limiter=limiter),
         one_slot(VARIABLE_TABLE, variable_signature),
         one_slot(CONFIG_TABLE, tf.TensorSpec((), tf.string)),
     ]
@@ -118,13 +128,13 @@ def start_server(config: Config, port: int = 0, checkpoint_dir: str | None = Non
       checkpoint_dir: where `client.checkpoint()` writes (the learner asks at each of its
         checkpoints); a server started on a directory holding one starts from it.
     """
-    _, agent, _ = build_role(config)
+    env, agent, _ = build_role(config)
     signature = SharedVariables.signature(agent)
     checkpointer = None
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
         checkpointer = reverb.checkpointers.DefaultCheckpointer(checkpoint_dir)
-    server = reverb.Server(make_tables(config, signature), port=port or None,
+    server = reverb.Server(make_tables(config, env.batch_size, signature), port=port or None,
                            checkpointer=checkpointer)
     client = reverb.Client(f"127.0.0.1:{server.port}")
     # A 1-slot FIFO table: this replaces a config restored from a checkpoint.
@@ -169,16 +179,18 @@ def table_size(client: reverb.Client, table: str = REPLAY_TABLE) -> int:
     return int(client.server_info()[table].current_size)
 
 
-def training_dataset(address: str, config: Config, agent, coordinates: int) -> tf.data.Dataset:
+def training_dataset(address: str, config: Config, agent, batch_size: int) -> tf.data.Dataset:
     """Batches of `training.batch_size` coordinate transitions [batch, 2, ...] for DDPG.
 
     Each batch draws its coordinates uniformly (with replacement, as `TFUniformReplayBuffer`
     does) from `distributed.items_per_batch` items sampled from the replay table, so one batch
-    mixes several steps and episodes, and the rate limiter counts whole batches.
+    mixes several steps and episodes, and the rate limiter counts whole batches. `batch_size`
+    is the environment's (B coordinates per step).
     """
     items = config.distributed.items_per_batch
     batch = config.training.batch_size
     per_item = -(-batch // items)
+    coordinates = item_layout(config, batch_size)[0]
     data_spec = tensor_spec.add_outer_dims_nest(agent.collect_data_spec, (coordinates,))
     buffer = reverb_replay_buffer.ReverbReplayBuffer(
         data_spec, REPLAY_TABLE, sequence_length=2, server_address=address)
@@ -186,7 +198,7 @@ def training_dataset(address: str, config: Config, agent, coordinates: int) -> t
     def flatten(trajectory, info):
         index = tf.random.uniform([items, per_item], 0, coordinates, tf.int32)
 
-        def pick(x):  # [items, 2, B, ...] -> [batch, 2, ...]
+        def pick(x):  # [items, 2, C, ...] -> [batch, 2, ...]
             x = tf.gather(x, index, axis=2, batch_dims=1)
             x = tf.transpose(x, [0, 2, 1] + list(range(3, x.shape.rank)))
             return tf.reshape(x, [-1, 2, *x.shape[3:]])[:batch]
