@@ -66,8 +66,10 @@ class CoordinateBatchObserver:
     def __call__(self, trajectory) -> None:
         if self._previous_boundary in (None, True):  # a new episode: new groups
             self._regroup(trajectory.reward.shape[0])
-        for writer, group in zip(self._writers, self._groups):
-            writer.append(tf.nest.map_structure(lambda x, g=group: np.asarray(x)[g], trajectory))
+        # One gather per field ([K, C, ...]); each writer then appends views of it.
+        grouped = tf.nest.map_structure(lambda x: np.asarray(x)[self._groups], trajectory)
+        for k, writer in enumerate(self._writers[:len(self._groups)]):
+            writer.append(tf.nest.map_structure(lambda x, k=k: x[k], grouped))
             if self._previous_boundary is False:
                 writer.create_item(
                     self._table, priority=1.0,
