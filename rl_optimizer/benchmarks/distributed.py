@@ -116,7 +116,8 @@ def main(argv=None) -> float:
         # The learner first: single-process `train` turns on op determinism for the process.
         learner = learner_train_rate(config, args.iterations, work_dir)
         single = single_process_train_rate(config, args.iterations, work_dir)
-    print(f"cpu_count: {os.cpu_count()}  load_average_1min: {os.getloadavg()[0]:.2f}")
+    print(f"cpu_count: {os.cpu_count()}")
+    print(f"load_average_1min: {os.getloadavg()[0]:.2f}")
     for n, rate in rates.items():
         print(f"collect_coordinate_transitions_per_second_{n}_collectors: {rate:.0f}")
     print(f"single_process_train_steps_per_second: {single:.1f}")
