@@ -55,11 +55,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="the learned optimizer's base step (default: the policy's own)")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--log-dir", default=None, help="TensorBoard logs (default: a temp dir)")
+    parser.add_argument("--log-dir", default=None,
+                        help="keep TensorBoard logs here (default: none are kept)")
     args = parser.parse_args(argv)
+    # The saved model (and, without --log-dir, the logs) live only as long as the example.
+    with tempfile.TemporaryDirectory(prefix="keras_digits-") as work_dir:
+        run(args, work_dir, args.log_dir or os.path.join(work_dir, "logs"))
+    if args.log_dir:
+        print(f"TensorBoard logs: tensorboard --logdir {args.log_dir}")
+
+
+def run(args, work_dir: str, log_dir: str) -> None:
     data = digits()
-    work_dir = tempfile.mkdtemp(prefix="keras_digits-")
-    log_dir = args.log_dir or os.path.join(work_dir, "logs")
 
     optimizer = LearnedOptimizer(args.policy, learning_rate=args.learning_rate)
     learned = train(build_model(), optimizer, data, args.epochs,
@@ -74,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     reloaded.fit(x, y, batch_size=32, epochs=1, validation_data=validation, verbose=0)
     adam = train(build_model(), tf.keras.optimizers.Adam(), data, args.epochs + 1)
 
-    print(f"TensorBoard logs: {log_dir}")
     for name, model in (("learned", reloaded), ("adam", adam)):
         train_loss, _ = model.evaluate(x, y, verbose=0)
         test_loss, test_accuracy = model.evaluate(*validation, verbose=0)

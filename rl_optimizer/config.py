@@ -2,13 +2,20 @@
 
     config = load_config("configs/default.yaml", overrides=["training.iterations=200"])
 
-Unknown keys and ill-typed values are errors naming the key (`agent.actor_lr`) and what is
-allowed. The embedded default is `rl_optimizer/configs/default.yaml`.
+Unknown keys, ill-typed and out-of-range values, and YAML syntax errors are `ConfigError`s
+naming the key (`agent.actor_lr`) or the file, line and column, and what is allowed. The
+embedded default is `rl_optimizer/configs/default.yaml`.
+
+Every numeric field declares its range once, where it is defined (`bounded(default, ge=1)`),
+or for a dataclass defined elsewhere in `declare_bounds`; one checker (`check_values`) walks
+them, both when a config is read and when a dataclass is built in Python. A numeric field
+without a range fails `tests/test_config.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -21,6 +28,94 @@ from rl_optimizer.features import FeatureConfig
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
 
+SEED_MAX = 2**32 - 1
+"""numpy's legacy seeding (which `tf.keras.utils.set_random_seed` calls) takes [0, 2**32)."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key or the file position."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a numeric field (of each element, for a tuple of numbers).
+
+    Floats must also be finite. None (for an optional field) is always allowed.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value) -> bool:
+        # Every comparison with NaN is False, so NaN fails each bound, as ±inf fails `isfinite`.
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        def text(v):  # integers in full (a seed's bound), floats short
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
+        low = (f"[{text(self.ge)}" if self.ge is not None else
+               f"({text(self.gt)}" if self.gt is not None else None)
+        high = (f"{text(self.le)}]" if self.le is not None else
+                f"{text(self.lt)})" if self.lt is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return "finite"
+
+
+_BOUNDS_KEY = "bounds"
+_DECLARED: dict[type, dict[str, Bounds]] = {}
+
+
+def bounded(default, **bounds) -> Any:
+    """A dataclass field with `default` and a range (`ge`, `gt`, `le`, `lt`, as in `Bounds`)."""
+    return dataclasses.field(default=default, metadata={_BOUNDS_KEY: Bounds(**bounds)})
+
+
+def declare_bounds(cls: type, **bounds: Bounds) -> None:
+    """Ranges for the fields of a dataclass defined outside this module (name → `Bounds`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(bounds) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    _DECLARED.setdefault(cls, {}).update(bounds)
+
+
+def bounds_of(cls: type) -> dict[str, Bounds]:
+    """Field name → `Bounds` for every field of `cls` that declares a range."""
+    found = {f.name: f.metadata[_BOUNDS_KEY] for f in dataclasses.fields(cls)
+             if _BOUNDS_KEY in f.metadata}
+    return {**found, **_DECLARED.get(cls, {})}
+
+
+def check_values(cls: type, values: dict, where: str) -> None:
+    """Raises `ConfigError` naming `where.key` for any value outside its field's range."""
+    for name, bounds in bounds_of(cls).items():
+        if name not in values or values[name] is None:
+            continue
+        value = values[name]
+        items = enumerate(value) if isinstance(value, tuple | list) else [(None, value)]
+        for i, item in items:
+            if not bounds.contains(item):
+                key = f"{where}.{name}" if where else name
+                key += "" if i is None else f"[{i}]"
+                raise ConfigError(f"{key}: must be {bounds}, got {item!r}")
+
+
+def check_bounds(self) -> None:
+    """`__post_init__` of a config dataclass: its fields' ranges, named by class and field."""
+    check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                 type(self).__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class FamilySpec:
@@ -28,14 +123,12 @@ class FamilySpec:
 
     family: str
     """Name from `rl_optimizer.objectives.list_families()`."""
-    instances: int = 1
+    instances: int = bounded(1, ge=1, le=100_000)
     """Instances of this family in every episode (their coordinates fill the batch)."""
     params: dict = dataclasses.field(default_factory=dict)
     """Family parameters overriding its defaults (see configs/families.yaml)."""
 
-    def __post_init__(self):
-        if self.instances < 1:
-            raise ValueError(f"instances must be >= 1, got {self.instances}")
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,113 +137,110 @@ class EnvironmentConfig:
 
     mix: tuple[FamilySpec, ...] = (FamilySpec("quadratic", 8),)
     """Families an episode samples; the batch is all their coordinates."""
-    horizon: int = 200
+    horizon: int = bounded(200, ge=1)
     """Optimizer steps per episode (the shortest, when `max_horizon` is larger)."""
-    max_horizon: int = 0
+    max_horizon: int = bounded(0, ge=0)
     """Longest episode: lengths are log-uniform in [horizon, max_horizon] (<= horizon: fixed)."""
-    gap_floor: float = 1e-8
+    gap_floor: float = bounded(1e-8, gt=0.0, lt=1.0)
     """Normalized gap at which the reward's logarithm stops (keeps it finite at a minimum)."""
-    rescale: float = 0.0
+    rescale: float = bounded(0.0, ge=0.0, le=10.0)
     """Each instance's parameters are measured in units 10^u, u uniform in ±rescale."""
-    loss_rescale: float = 0.0
+    loss_rescale: float = bounded(0.0, ge=0.0, le=10.0)
     """Each instance's loss is multiplied by 10^u, u uniform in ±loss_rescale."""
-    initial_log_lr: float = 0.0
+    initial_log_lr: float = bounded(0.0, ge=0.0, le=10.0)
     """Each instance's coordinates start at log step size uniform in ±initial_log_lr."""
-    reward_clip: float = 2.0
+    reward_clip: float = bounded(2.0, gt=0.0)
     """Bound on the per-step reward, so one wild step cannot dominate the critic."""
-    pool_size: int = 256
+    pool_size: int = bounded(256, ge=1, le=1_000_000)
     """Episodes draw each family's instances from its first `pool_size` training seeds."""
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
     """Seed of the episode sampler (instances come from the "train" seed split)."""
 
     def __post_init__(self):
-        if self.pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
+        check_bounds(self)
         if not self.mix:
             raise ValueError("mix must name at least one family")
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
-        if not 0 < self.gap_floor < 1:
-            raise ValueError(f"gap_floor must be in (0, 1), got {self.gap_floor}")
-        if self.max_horizon < 0:
-            raise ValueError(f"max_horizon must be >= 0, got {self.max_horizon}")
-        for name in ("rescale", "loss_rescale", "initial_log_lr"):
-            if not 0 <= getattr(self, name) <= 10:
-                raise ValueError(f"{name} must be in [0, 10], got {getattr(self, name)}")
-        if self.reward_clip <= 0:
-            raise ValueError(f"reward_clip must be > 0, got {self.reward_clip}")
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """Actor and critic networks (both coordinatewise MLPs)."""
 
-    actor_hidden: tuple[int, ...] = (16,)
+    actor_hidden: tuple[int, ...] = bounded((16,), ge=1, le=4096)
     """Hidden layer sizes of the actor; small, since it runs once per parameter per step."""
-    critic_hidden: tuple[int, ...] = (64, 64)
+    critic_hidden: tuple[int, ...] = bounded((64, 64), ge=1, le=4096)
     """Hidden layer sizes of the critic (training only)."""
+
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """tf_agents DdpgAgent hyperparameters."""
 
-    actor_lr: float = 1e-4
+    actor_lr: float = bounded(1e-4, gt=0.0)
     """Adam learning rate of the actor."""
-    critic_lr: float = 1e-3
+    critic_lr: float = bounded(1e-3, gt=0.0)
     """Adam learning rate of the critic."""
-    gamma: float = 0.9
+    gamma: float = bounded(0.9, ge=0.0, le=1.0)
     """Discount: how far ahead a coordinate's step is credited with the progress it makes."""
-    target_update_tau: float = 0.01
+    target_update_tau: float = bounded(0.01, gt=0.0, le=1.0)
     """Soft target-network update rate."""
-    target_update_period: int = 1
+    target_update_period: int = bounded(1, ge=1)
     """Train steps between target updates."""
-    ou_stddev: float = 0.2
+    ou_stddev: float = bounded(0.2, ge=0.0)
     """Ornstein-Uhlenbeck exploration noise scale."""
-    ou_damping: float = 0.15
+    ou_damping: float = bounded(0.15, ge=0.0, le=1.0)
     """Ornstein-Uhlenbeck damping."""
-    gradient_clipping: float | None = 1.0
+    gradient_clipping: float | None = bounded(1.0, gt=0.0)
     """Global-norm clip of actor and critic gradients (null: none)."""
+
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """The training loop."""
 
-    iterations: int = 300
+    iterations: int = bounded(300, ge=1)
     """Collect/train iterations."""
-    collect_steps: int = 1
+    collect_steps: int = bounded(1, ge=1)
     """Environment steps collected per iteration (each is `batch` coordinate transitions)."""
-    train_steps: int = 4
+    train_steps: int = bounded(4, ge=1)
     """Gradient steps per iteration."""
-    batch_size: int = 1024
+    batch_size: int = bounded(1024, ge=1)
     """Transitions per gradient step."""
-    replay_capacity: int = 200
-    """Replay buffer capacity, in environment steps (times the coordinates per step)."""
-    initial_collect_steps: int = 20
-    """Environment steps collected before training starts."""
-    checkpoint_every: int = 50
+    replay_capacity: int = bounded(200, ge=2)
+    """Replay buffer capacity, in environment steps (times the coordinates per step); >= 2,
+    since a transition is sampled as two consecutive steps."""
+    initial_collect_steps: int = bounded(20, ge=1)
+    """Environment steps collected before training starts (the first sample needs data)."""
+    checkpoint_every: int = bounded(50, ge=1)
     """Iterations between checkpoints."""
-    log_every: int = 10
+    log_every: int = bounded(10, ge=1)
     """Iterations between TensorBoard scalars."""
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
     """Global seed (TensorFlow, numpy, the environment's sampler)."""
+
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     """Periodic evaluation on validation instances against learning-rate-tuned Adam."""
 
-    every: int = 100
+    every: int = bounded(100, ge=0)
     """Iterations between evaluations (0: only at the end)."""
     families: tuple[str, ...] = ("quadratic",)
     """Families evaluated."""
-    instances: int = 10
-    """Validation instances per family."""
-    steps: int = 300
+    instances: int = bounded(10, ge=1, le=99_000)
+    """Validation instances per family (after the tuning instances, within the split)."""
+    steps: int = bounded(300, ge=1)
     """Optimizer steps per evaluation run."""
-    epsilon: float = 1e-3
+    epsilon: float = bounded(1e-3, gt=0.0, lt=1.0)
     """Normalized gap that counts as converged."""
+
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,35 +249,22 @@ class DistributedConfig:
 
     host: str = "127.0.0.1"
     """Address the roles of `train --collectors N` reach the replay server at (loopback)."""
-    port: int = 0
+    port: int = bounded(0, ge=0, le=65535)
     """Replay server port of `train --collectors N` (0: a free port, picked at start)."""
-    coordinates_per_item: int = 128
+    coordinates_per_item: int = bounded(128, ge=1, le=1_000_000)
     """Coordinates a replay item holds: a step's are shuffled once per episode and split."""
-    items_per_batch: int = 8
+    items_per_batch: int = bounded(8, ge=1, le=1024)
     """Replay items a training batch draws its coordinate transitions from."""
-    pull_every: int = 10
+    pull_every: int = bounded(10, ge=1, le=1_000_000)
     """Environment steps a collector takes between pulls of the learner's actor weights."""
-    rate_tolerance: float = 20.0
+    rate_tolerance: float = bounded(20.0, ge=1, le=1e12)
     """Environment steps collection may run ahead of (or behind) the train/collect ratio."""
-    connect_retries: int = 10
+    connect_retries: int = bounded(10, ge=1, le=10_000)
     """Tries to reach the replay server before giving up with an error naming its address."""
-    retry_seconds: float = 1.0
+    retry_seconds: float = bounded(1.0, ge=0, le=3600)
     """Wait between those tries."""
 
-    def __post_init__(self):
-        _check_range("port", self.port, 0, 65535)
-        _check_range("coordinates_per_item", self.coordinates_per_item, 1, None)
-        _check_range("items_per_batch", self.items_per_batch, 1, None)
-        _check_range("pull_every", self.pull_every, 1, None)
-        _check_range("rate_tolerance", self.rate_tolerance, 1, None)
-        _check_range("connect_retries", self.connect_retries, 1, None)
-        _check_range("retry_seconds", self.retry_seconds, 0, None)
-
-
-def _check_range(name: str, value, low, high) -> None:
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+    __post_init__ = check_bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,18 +290,20 @@ class Config:
 def from_dict(cls: type, data: Any, where: str = "config"):
     """Builds dataclass `cls` from nested dicts, naming the offending key on any error."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where != "config" else k)
+    prefix = "" if where == "config" else where
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k)
               for k, v in data.items()}
+    check_values(cls, kwargs, prefix)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _convert(hint, value, where):
@@ -237,7 +316,7 @@ def _convert(hint, value, where):
         return _convert(next(a for a in args if a is not type(None)), value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -246,14 +325,14 @@ def _convert(hint, value, where):
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{where}: expected float, got {value!r}") from None
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if isinstance(hint, type) and not isinstance(value, hint) or isinstance(value, bool) \
             and hint is not bool:
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
 
@@ -262,23 +341,64 @@ def _set(data: dict, dotted: str, value) -> None:
     for k in keys[:-1]:
         data = data.setdefault(k, {})
         if not isinstance(data, dict):
-            raise ValueError(f"--set {dotted}: {k!r} is not a section")
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
     data[keys[-1]] = value
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Reads a YAML config (the embedded default when `path` is None) with `key=value` overrides."""
-    path = path or DEFAULT_CONFIG
+def _parse_yaml(text: str, source: str):
+    """`yaml.safe_load(text)`; a syntax error names `source`, line and column (1-based)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        if mark is not None:
+            line, column = mark.line, mark.column
+        else:  # a reader error (a control character) gives a character offset instead
+            position = getattr(e, "position", 0)
+            line = text.count("\n", 0, position)
+            column = position - (text.rfind("\n", 0, position) + 1)
+        where = f"{source}:{line + 1}:{column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def read_yaml(path: str):
+    """The YAML data of file `path`; an unreadable file or bad YAML is a `ConfigError`."""
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        problem = "is not a file" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"config file {path!r} {problem}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {e}") from None
+    return _parse_yaml(text, path)
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Reads a YAML config (the embedded default when `path` is None) with `key=value` overrides.
+
+    Raises:
+      ConfigError: naming the file (and line and column), the `--set` item or the dotted key.
+    """
+    path = path or DEFAULT_CONFIG
+    data = read_yaml(path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected section.key=value")
-        _set(data, key.strip(), yaml.safe_load(raw))
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        _set(data, key.strip(), _parse_yaml(raw, f"--set {item!r}"))
     return from_dict(Config, data)
+
+
+declare_bounds(
+    FeatureConfig,
+    beta1=Bounds(ge=0.0, lt=1.0), beta2=Bounds(ge=0.0, lt=1.0), learning_rate=Bounds(gt=0.0),
+    increment=Bounds(gt=0.0), nominal_gain=Bounds(ge=0.0), log_lr_min=Bounds(lt=0.0),
+    log_lr_max=Bounds(gt=0.0), clip=Bounds(gt=0.0), epsilon=Bounds(gt=0.0))
 
 
 def to_dict(config) -> dict:

@@ -1,6 +1,7 @@
 """Train the learned optimizer: DDPG on the optimization environment, then export the policy.
 
-    rl-optimizer train --config configs/default.yaml --run-dir runs/NAME [--resume] [--set k=v]
+    rl-optimizer train --config configs/default.yaml --run-dir runs/NAME [--set k=v]
+    rl-optimizer train --run-dir runs/NAME --resume     # with the run's own config.yaml
 
 A run directory holds everything a run makes:
 
@@ -35,9 +36,10 @@ from tf_agents.utils import common
 from tqdm.auto import tqdm
 
 from rl_optimizer import agent as agent_lib
-from rl_optimizer.config import Config, load_config, to_dict
+from rl_optimizer import objectives
+from rl_optimizer.config import Config, ConfigError, load_config, to_dict
 from rl_optimizer.environment import OptimizationEnv
-from rl_optimizer.evaluation import PeriodicValidation
+from rl_optimizer.evaluation import PeriodicValidation, resolve_families
 from rl_optimizer.export import export_policy, write_text_atomically
 from rl_optimizer.policy import load_policy
 
@@ -106,16 +108,36 @@ class _Run:
                 self.py_env.set_state(json.load(f))
 
 
+def check_resolves(config: Config) -> None:
+    """Raises ValueError naming the key when a family or family parameter of `config` is unknown
+    or invalid, so that a run fails before it writes anything."""
+    for i, spec in enumerate(config.environment.mix):
+        try:
+            objectives.get_family(spec.family, **spec.params)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"environment.mix[{i}]: {e}") from None
+    try:
+        resolve_families(config.evaluation.families)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"evaluation.families: {e}") from None
+
+
 def prepare_run_dir(config: Config, run_dir: str, resume: bool) -> Config:
-    """Writes (or, resuming, reads back) the run's config; never overwrites another run."""
+    """Writes (or, resuming, reads back) the run's config; never overwrites another run.
+
+    Nothing is written unless the config is valid and its families resolve.
+    """
     config_path = os.path.join(run_dir, "config.yaml")
     if resume:
         if not os.path.isfile(config_path):
             raise ValueError(f"--resume: {run_dir!r} has no config.yaml; nothing to resume")
-        return load_config(config_path)
+        config = load_config(config_path)
+        check_resolves(config)
+        return config
     if os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ValueError(f"run directory {run_dir!r} already holds a run; pass --resume to "
                          "continue it or choose a new --run-dir")
+    check_resolves(config)
     os.makedirs(run_dir, exist_ok=True)
     write_text_atomically(config_path, yaml.safe_dump(to_dict(config), sort_keys=False))
     return config
@@ -140,8 +162,13 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     run = _Run(config, run_dir)
     run.py_env.prefill_pool(progress=progress)
     if resume:
-        run.checkpointer.initialize_or_restore()
+        status = run.checkpointer.initialize_or_restore()
         run.restore_sampler()
+        if int(run.iteration.numpy()) >= config.training.iterations:
+            # Optimizer slots and the exploration noise are created on the first training step
+            # and restored then (deferred restoration); a finished run takes none, so their
+            # values stay in the checkpoint on purpose, not lost.
+            status.expect_partial()
     evaluate_fn = evaluate_fn or make_evaluate_fn(config)
     best = _BestPolicy(run_dir)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "train"))
@@ -285,7 +312,8 @@ def add_arguments(parser) -> None:
                         help="YAML config (default: the embedded configs/default.yaml)")
     parser.add_argument("--run-dir", required=True, help="directory for this run's outputs")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last checkpoint")
+                        help="continue the run in --run-dir from its last checkpoint, with the "
+                             "run's own config.yaml (--config and --set are refused)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -296,6 +324,13 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
+    if args.resume and (args.set or args.config):
+        # A checkpoint only restores into the networks, replay buffer and sampler its own config
+        # built; a changed config would fail mid-restore or silently mix two runs.
+        given = "--set" if args.set else "--config"
+        raise ValueError(f"{given} cannot be combined with --resume: a resumed run continues "
+                         f"with its own {os.path.join(args.run_dir, 'config.yaml')}; start a new "
+                         "--run-dir to train with other settings")
     config = load_config(args.config, args.set) if not args.resume else None
     if args.collectors < 0:
         raise ValueError(f"--collectors must be >= 0, got {args.collectors}")

@@ -184,7 +184,9 @@ def _evaluate_cli(argv):
         return 2
 
 
-def _fake_keras_tasks(policy, epochs):
+def _fake_keras_tasks(policy, tasks, epochs, progress):
+    assert list(tasks) == ["wine_mlp"]
+    progress(1)
     run = {"loss": [1.0, 0.5], "final_loss": 0.5, "test_metric": 0.8, "diverged": False}
     runs = {"learned": run, "adam_default": run,
             "adam_tuned": {**run, "learning_rate": 1e-3, "tuning": {}},
@@ -201,7 +203,8 @@ def test_cli_end_to_end_writes_report_csv_plots_and_tensorboard(tmp_path, export
     readme.write_text("# Project\n\nIntro.\n")
     rc = _evaluate_cli(["--policy", exported_policy, "--families", "quadratic,rastrigin",
                         "--instances", "3", "--steps", "50", "--tuning-instances", "2",
-                        "--keras-epochs", "2", "--out", str(out), "--readme", str(readme)])
+                        "--keras-tasks", "wine_mlp", "--keras-epochs", "2", "--out", str(out),
+                        "--readme", str(readme)])
     assert rc == 0
     report = (out / "report.md").read_text()
     for text in ("## quadratic", "## rastrigin", "vs adam", "global basin", "Quality bar",
@@ -254,7 +257,7 @@ def test_keras_tasks_skip_cleanly_without_the_learned_optimizer(monkeypatch):
 def test_a_failing_keras_part_keeps_the_sweep(monkeypatch, capsys):
     from rl_optimizer.evaluation import EvaluationResults, command
 
-    def boom(policy, epochs):
+    def boom(policy, **kwargs):
         raise RuntimeError("in user code:\n\n    boom")
 
     monkeypatch.setattr(keras_tasks, "run_keras_tasks", boom)

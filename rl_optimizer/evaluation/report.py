@@ -195,29 +195,42 @@ def write_csv(results: EvaluationResults, path: str) -> None:
 
 
 def convergence_figure(results: EvaluationResults, family: str):
-    """Median and interquartile log10 gap against step, one line per optimizer."""
+    """Median and interquartile log10 gap against step, one line per optimizer.
+
+    The y-axis spans the data (and the headline ε), not a fixed range; above gap
+    `DIVERGENCE_FACTOR` a run counts as diverged, so the axis stops there.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     steps = np.arange(results.steps + 1)
+    drawn = [np.log10(metrics.HEADLINE_EPS), 0.0]
     for name, runs in results.runs[family].items():
         lo, mid, hi = np.percentile(metrics.log_gap(runs.gaps, 1e-16), [25, 50, 75], axis=1)
         line, = ax.plot(steps, mid, label=name, lw=2.0 if name == results.policy else 1.2,
                         ls="--" if runs.evaluations is not None else "-")  # SciPy dashed
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        drawn += [v for v in (np.min(lo), np.max(hi)) if np.isfinite(v)]
+    ceiling = np.log10(metrics.DIVERGENCE_FACTOR)
+    bottom, top = min(drawn) - 0.5, min(max(drawn), ceiling) + 0.5
     for eps in metrics.EPSILONS:
-        ax.axhline(np.log10(eps), color="grey", lw=0.5, ls=":")
+        if np.log10(eps) >= bottom:
+            ax.axhline(np.log10(eps), color="grey", lw=0.5, ls=":")
     ax.set(title=f"{family}: median and IQR over {runs.n} instances",
            xlabel="step (SciPy, dashed: iteration; stops at gap 1e-8)",
-           ylabel="log10 normalized gap", ylim=(-16.5, 1.5))
+           ylabel="log10 normalized gap", ylim=(bottom, top))
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
 def steps_figure(results: EvaluationResults, family: str):
-    """Box plots of steps to each ε per optimizer, over the runs that succeeded."""
+    """Box plots of steps to each ε per optimizer, over the runs that succeeded.
+
+    An optimizer none of whose runs reached ε gets a shaded slot marked "0% converged", so a
+    failure reads as one, not as a missing optimizer.
+    """
     from matplotlib.figure import Figure
 
     names = list(results.runs[family])
@@ -232,6 +245,12 @@ def steps_figure(results: EvaluationResults, family: str):
                       rotation=60, fontsize=7)
         ax.set(title=f"steps to {eps:g} (label: success rate)",
                yscale="log" if any(len(d) for d in finite) else "linear")
+        for i, d in enumerate(finite, start=1):
+            if not len(d):
+                ax.axvspan(i - 0.4, i + 0.4, color="tab:red", alpha=0.12, lw=0)
+                # x in data units, y in axes units: the mark spans the slot whatever the scale.
+                ax.text(i, 0.5, "0% converged", transform=ax.get_xaxis_transform(),
+                        rotation=90, ha="center", va="center", fontsize=7, color="tab:red")
     fig.suptitle(family)
     fig.tight_layout()
     return fig

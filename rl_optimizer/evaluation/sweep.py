@@ -207,18 +207,28 @@ def _int_or_none(steps: float) -> int | None:
 
 
 class _Progress:
-    """One tqdm bar counted in phases (a compiled loop or a set of SciPy runs each)."""
+    """One tqdm bar over a whole sweep, counted in instances: one instance sampled, or run by
+    one optimizer (a learning rate of a tuning grid being an optimizer of its own)."""
 
     def __init__(self, total: int, enabled: bool):
-        self.bar = tqdm.tqdm(
-            total=total, disable=not enabled,
-            bar_format="{l_bar}{bar}| {n:.1f}/{total} phases [{elapsed}<{remaining}]")
+        self.bar = tqdm.tqdm(total=total, disable=not enabled, unit="instance",
+                             dynamic_ncols=True)
 
-    def phase(self, description: str, units: int) -> Callable[[int], None]:
-        """A callback advancing the bar by 1/units per unit done."""
+    def phase(self, description: str, instances: int, steps: int | None = None,
+              ) -> Callable[[int], None]:
+        """A callback for a stage over `instances`, called with the instances done, or with
+        `steps`: with the steps done by all of them together (one compiled batch)."""
         self.bar.set_description(description)
-        # Float steps add up to slightly more than the total; tqdm warns about that.
-        return lambda n: self.bar.update(min(n / units, self.bar.total - self.bar.n))
+        reported, counted = [0], [0]
+
+        def tick(n: int) -> None:
+            reported[0] += n
+            done = reported[0] * instances // steps if steps else reported[0]
+            done = min(done, instances)
+            self.bar.update(done - counted[0])
+            counted[0] = done
+
+        return tick
 
     def close(self):
         self.bar.close()
@@ -269,13 +279,21 @@ class Benchmark:
             return seeds("test", self.instances)
         return seeds("validation", self.tuning_instances + self.instances)[self.tuning_instances:]
 
-    def objectives(self, family: str) -> list[Objective]:
-        """The instances runs are scored on (sampled once)."""
+    def objectives(self, family: str, progress: Callable[[int], None] | None = None,
+                   ) -> list[Objective]:
+        """The instances runs are scored on (sampled once; `progress(1)` after each)."""
         if family not in self._objectives:
             with self._timed("sampling"):
-                self._objectives[family] = [self.families[family].sample(s)
-                                            for s in self.seeds(family)]
+                self._objectives[family] = self._sample(family, self.seeds(family), progress)
         return self._objectives[family]
+
+    def _sample(self, family: str, seeds_: Sequence[int], progress) -> list[Objective]:
+        objectives = []
+        for seed in seeds_:
+            objectives.append(self.families[family].sample(seed))
+            if progress is not None:
+                progress(1)
+        return objectives
 
     @contextlib.contextmanager
     def _timed(self, phase: str):
@@ -289,21 +307,28 @@ class Benchmark:
         return [b for b in self.baselines
                 if b in KERAS_OPTIMIZERS and b not in self.tuned_lrs[family]]
 
-    def _phases(self, family: str) -> int:
+    def _instances(self, family: str) -> int:
+        """What `evaluate` counts on its bar for `family` (see `_Progress`)."""
+        total = self.instances * (family not in self._objectives)  # sampling
+        total += self.instances  # the policy
         if family in self._baseline_runs:
-            return 1
-        return (1 + bool(self._untuned(family)) + any(b in KERAS_OPTIMIZERS for b in
-                self.baselines) + sum(b in SCIPY_METHODS for b in self.baselines))
+            return total
+        untuned = self._untuned(family)
+        if untuned:
+            total += self.tuning_instances * (1 + len(untuned) * len(self.grid))
+        return total + self.instances * len(self.baselines)
 
     def _tune(self, family: str, progress: _Progress) -> None:
         untuned = self._untuned(family)
         if not untuned:
             return
         with self._timed("sampling"):
-            objectives = [self.families[family].sample(s)
-                          for s in seeds("validation", self.tuning_instances)]
+            tick = progress.phase(f"{family}: sampling tuning instances", self.tuning_instances)
+            objectives = self._sample(family, seeds("validation", self.tuning_instances), tick)
         with self._timed("tuning"):
-            tick = progress.phase(f"{family}: tuning lr", self.steps)
+            # The grid's first round is counted; widening rounds past an edge are extra.
+            tick = progress.phase(f"{family}: tuning lr", self.tuning_instances * len(untuned)
+                                  * len(self.grid), self.steps)
             found = tune_learning_rates(untuned, objectives, self.grid, self.steps, self.eps,
                                         progress=tick)
         self.tuning[family].update(found)
@@ -315,16 +340,18 @@ class Benchmark:
         if family in self._baseline_runs:
             return self._baseline_runs[family]
         own = progress is None
-        progress = progress or _Progress(self._phases(family) - 1, self.progress)
-        progress.phase(f"{family}: sampling", 1)
-        objectives = self.objectives(family)
+        progress = progress or _Progress(self._instances(family) - self.instances,
+                                         self.progress)
+        objectives = self.objectives(family, progress.phase(f"{family}: sampling",
+                                                            self.instances))
         self._tune(family, progress)
         keras = [OptimizerSpec(b, self.tuned_lrs[family][b]) for b in self.baselines
                  if b in KERAS_OPTIMIZERS]
         runs = {}
         if keras:
             with self._timed("baselines"):
-                tick = progress.phase(f"{family}: baselines", self.steps)
+                tick = progress.phase(f"{family}: baselines", len(keras) * len(objectives),
+                                      self.steps)
                 runs.update((r.optimizer, r) for r in run_optimizers(
                     keras, objectives, self.steps, progress=tick))
         for name in (b for b in self.baselines if b in SCIPY_METHODS):
@@ -351,13 +378,13 @@ class Benchmark:
         if label in self.baselines:
             raise ValueError(f"the policy's label {label!r} is a baseline's name")
         start, before = time.perf_counter(), dict(self.timings)
-        progress = _Progress(sum(self._phases(f) for f in self.families), self.progress)
+        progress = _Progress(sum(self._instances(f) for f in self.families), self.progress)
         runs = {}
         try:
             for family in self.families:
                 baselines = self.baseline_runs(family, progress)
                 with self._timed("policy"):
-                    tick = progress.phase(f"{family}: {label}", self.steps)
+                    tick = progress.phase(f"{family}: {label}", self.instances, self.steps)
                     mine = run_optimizers([OptimizerSpec(LEARNED, policy=policy, label=label)],
                                           self.objectives(family), self.steps, progress=tick)[0]
                 runs[family] = {label: self._with_basins(family, mine), **baselines}
