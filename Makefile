@@ -22,8 +22,10 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
+# [distributed] (dm-reverb, Linux x86_64 only) too, so the distributed tests run; elsewhere they
+# are skipped.
 $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,distributed]'
 	touch $@
 
 venv: $(VENV)/.installed

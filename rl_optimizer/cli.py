@@ -1,9 +1,10 @@
 """`rl-optimizer`: the command line. Each subcommand lives beside the stage it runs.
 
-A stage module offers `add_arguments(parser)` and `run_command(args) -> int`; this file only
-registers them, so `rl-optimizer --help` lists exactly what exists. Every `--help` shows the
-defaults. `rl-optimizer` alone prints the help (the subcommands) and exits 2, as any other usage
-error does; bad input a stage finds (`ValueError`, `FileNotFoundError`) exits 2 with a message.
+A stage module offers `add_arguments(parser)` and `run_command(args) -> int` (or names an object
+that does, as `module:name`); this file only registers them, so `rl-optimizer --help` lists
+exactly what exists. Every `--help` shows the defaults. `rl-optimizer` alone prints the help
+(the subcommands) and exits 2, as any other usage error does; bad input a stage finds
+(`ValueError`, `FileNotFoundError`, `ConnectionError`) exits 2 with a message.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ COMMANDS = {
                  "evaluate a policy against tuned baselines: report, CSV, plots"),
     "export": ("rl_optimizer.export", "export a policy as a TF Serving model version"),
     "serve": ("rl_optimizer.serving.server", "serve exported policies over TF Serving's gRPC API"),
+    "replay-server": ("rl_optimizer.distributed.commands:replay_server",
+                      "distributed training: the Reverb replay server (needs [distributed])"),
+    "collect": ("rl_optimizer.distributed.commands:collect",
+                "distributed training: a collector feeding the replay server"),
+    "learn": ("rl_optimizer.distributed.commands:learn",
+              "distributed training: the learner (evaluates, keeps the best policy, exports)"),
 }
 
 
@@ -26,6 +33,12 @@ def _quiet_tensorflow() -> None:
     # The C++ start-up banner is already off (rl_optimizer/__init__.py sets TF_CPP_MIN_LOG_LEVEL
     # before TensorFlow loads); Python-side INFO chatter goes too, warnings stay.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def _command(target: str):
+    module, _, name = target.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, name) if name else loaded
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text,
                                  formatter_class=HelpFormatter)
         command.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(command)
+        _command(module).add_arguments(command)
     return parser
 
 
@@ -64,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return importlib.import_module(args._module).run_command(args) or 0
-    except (ValueError, FileNotFoundError) as e:
+        return _command(args._module).run_command(args) or 0
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"rl-optimizer {args.command}: error: {e}", file=sys.stderr)
         return 2
 

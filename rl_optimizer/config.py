@@ -244,6 +244,30 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Distributed training on Reverb (`rl_optimizer.distributed`): one learner, N collectors."""
+
+    host: str = "127.0.0.1"
+    """Address the roles of `train --collectors N` reach the replay server at (loopback)."""
+    port: int = bounded(0, ge=0, le=65535)
+    """Replay server port of `train --collectors N` (0: a free port, picked at start)."""
+    coordinates_per_item: int = bounded(128, ge=1, le=1_000_000)
+    """Coordinates a replay item holds: a step's are shuffled once per episode and split."""
+    items_per_batch: int = bounded(8, ge=1, le=1024)
+    """Replay items a training batch draws its coordinate transitions from."""
+    pull_every: int = bounded(10, ge=1, le=1_000_000)
+    """Environment steps a collector takes between pulls of the learner's actor weights."""
+    rate_tolerance: float = bounded(20.0, ge=1, le=1e12)
+    """Environment steps collection may run ahead of (or behind) the train/collect ratio."""
+    connect_retries: int = bounded(10, ge=1, le=10_000)
+    """Tries to reach the replay server before giving up with an error naming its address."""
+    retry_seconds: float = bounded(1.0, ge=0, le=3600)
+    """Wait between those tries."""
+
+    __post_init__ = check_bounds
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a training run needs."""
 
@@ -259,6 +283,8 @@ class Config:
     """The training loop."""
     evaluation: EvaluationConfig = EvaluationConfig()
     """Periodic evaluation."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Distributed training (`train --collectors N`, `replay-server`, `collect`, `learn`)."""
 
 
 def from_dict(cls: type, data: Any, where: str = "config"):

@@ -169,9 +169,7 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
             # and restored then (deferred restoration); a finished run takes none, so their
             # values stay in the checkpoint on purpose, not lost.
             status.expect_partial()
-    e = config.evaluation
-    evaluate_fn = evaluate_fn or PeriodicValidation(e.families, e.instances, e.steps,
-                                                    eps=e.epsilon)
+    evaluate_fn = evaluate_fn or make_evaluate_fn(config)
     best = _BestPolicy(run_dir)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "train"))
     t = config.training
@@ -180,11 +178,9 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
         _initial_collect(run, t.initial_collect_steps)
     iterator = run.dataset_iterator()
     evaluation, last_eval, interrupted = {}, {}, False
-    if int(run.iteration.numpy()) == 0 and config.evaluation.every:
-        # The initial actor is a candidate too (its near-zero actions are the nominal
-        # controller): training must beat it on validation to be exported.
+    if int(run.iteration.numpy()) == 0 and evaluation_due(config, 0):
         with writer.as_default():
-            evaluation = _evaluate_and_offer(run, config, evaluate_fn, best, 0, writer)
+            evaluation = evaluate_and_offer(run.agent, config, 0, evaluate_fn, best, writer)
         last_eval = {"win_rate": evaluation["win_rate_vs_adam"], "best": best.score}
     bar = tqdm(total=t.iterations, initial=int(run.iteration.numpy()), disable=not progress,
                desc="train", unit="it", dynamic_ncols=True)
@@ -199,9 +195,9 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
                 if it % t.log_every == 0 or it == t.iterations:
                     for name, value in stats.items():
                         tf.summary.scalar(f"train/{name}", value, step=it)
-                every = config.evaluation.every
-                if (every and it % every == 0) or it == t.iterations:
-                    evaluation = _evaluate_and_offer(run, config, evaluate_fn, best, it, writer)
+                if evaluation_due(config, it):
+                    evaluation = evaluate_and_offer(run.agent, config, it, evaluate_fn, best,
+                                                    writer)
                     last_eval = {"win_rate": evaluation["win_rate_vs_adam"], "best": best.score}
                 if it % t.checkpoint_every == 0:
                     run.save()
@@ -215,17 +211,48 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     finally:
         bar.close()
     run.save()
-    wall = time.time() - start
-    policy = best.policy() or agent_lib.policy_from_actor(run.agent, config)
+    return finish_run(config, run_dir, run.agent, best, int(run.iteration.numpy()),
+                      time.time() - start, evaluation, interrupted)
+
+
+def make_evaluate_fn(config: Config):
+    """The periodic validation `config.evaluation` asks for."""
+    e = config.evaluation
+    return PeriodicValidation(e.families, e.instances, e.steps, eps=e.epsilon)
+
+
+def evaluation_due(config: Config, iteration: int) -> bool:
+    """Whether `iteration` ends with an evaluation (every `evaluation.every`, and the last).
+
+    Iteration 0 is due too: the initial actor is a candidate (its near-zero actions are the
+    nominal controller), so training must beat it on validation to be exported.
+    """
+    every = config.evaluation.every
+    return bool(every and iteration % every == 0) or iteration == config.training.iterations
+
+
+def evaluate_and_offer(agent, config: Config, iteration: int, evaluate_fn, best: _BestPolicy,
+                       writer) -> dict:
+    """Evaluates the agent's current actor and offers it to `best`; returns the evaluation."""
+    policy = agent_lib.policy_from_actor(agent, config)
+    evaluation = evaluate_fn(policy, iteration, writer)
+    best.offer(policy, selection_score(evaluation), iteration, evaluation)
+    return evaluation
+
+
+def finish_run(config: Config, run_dir: str, agent, best: _BestPolicy, iterations: int,
+               wall: float, evaluation: dict, interrupted: bool) -> TrainResult:
+    """Exports the best policy (the last actor if none was scored) and writes summary.json."""
+    policy = best.policy() or agent_lib.policy_from_actor(agent, config)
     policy.metadata.update(config=to_dict(config), seed=config.training.seed,
-                           commit=_source_commit(), iterations=int(run.iteration.numpy()),
+                           commit=_source_commit(), iterations=iterations,
                            train_seconds=round(wall, 1))
     export_path = export_policy(policy, os.path.join(run_dir, "export"))
-    result = TrainResult(run_dir, export_path, int(run.iteration.numpy()), wall,
+    result = TrainResult(run_dir, export_path, iterations, wall,
                          policy.metadata.get("validation", evaluation), interrupted,
                          best.iteration)
     write_text_atomically(os.path.join(run_dir, "summary.json"),
-                  json.dumps(dataclasses.asdict(result), indent=2, default=float))
+                          json.dumps(dataclasses.asdict(result), indent=2, default=float))
     return result
 
 
@@ -237,14 +264,6 @@ def _source_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _evaluate_and_offer(run: _Run, config: Config, evaluate_fn, best, it: int, writer) -> dict:
-    """Validates the current actor and keeps it if it scores best so far."""
-    policy = agent_lib.policy_from_actor(run.agent, config)
-    evaluation = evaluate_fn(policy, it, writer)
-    best.offer(policy, selection_score(evaluation), it, evaluation)
-    return evaluation
 
 
 def _initial_collect(run: _Run, steps: int) -> None:
@@ -310,6 +329,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--collectors", type=int, default=0, metavar="N",
+                        help="N > 0: distributed training on this machine, a Reverb replay "
+                             "server, N collector processes and a learner (needs the "
+                             "[distributed] extra); 0 (default): one deterministic process")
 
 
 def run_command(args) -> int:
@@ -321,8 +344,23 @@ def run_command(args) -> int:
                          f"with its own {os.path.join(args.run_dir, 'config.yaml')}; start a new "
                          "--run-dir to train with other settings")
     config = load_config(args.config, args.set) if not args.resume else None
-    result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
-    print(f"{'interrupted' if result.interrupted else 'trained'} {result.iterations} iterations "
-          f"in {result.wall_seconds:.0f} s; policy exported to {result.export_path}")
-    print(f"TensorBoard: tensorboard --logdir {os.path.join(args.run_dir, 'train')}")
+    if args.collectors < 0:
+        raise ValueError(f"--collectors must be >= 0, got {args.collectors}")
+    if args.collectors:
+        # Imported here: the [distributed] extra (dm-reverb) is optional for single-process runs.
+        from rl_optimizer.distributed.commands import require_distributed
+        require_distributed("train --collectors")
+        from rl_optimizer.distributed.local import train_distributed
+        result = train_distributed(config, args.run_dir, args.collectors, resume=args.resume,
+                                   progress=not args.no_progress)
+    else:
+        result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    print_result(result)
     return 0
+
+
+def print_result(result: TrainResult) -> None:
+    """The closing lines of a training command."""
+    print(f"{'interrupted' if result.interrupted else 'trained'} {result.iterations} iterations "
+          f"in {result.wall_seconds:.0f} s; policy exported to {result.export_path}", flush=True)
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(result.run_dir, 'train')}")

@@ -70,6 +70,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port() -> int`: a port free on loopback now (picked at test time, never fixed)."""
+    return _free_port
+
+
 @contextlib.contextmanager
 def _running_server(backend: str, model_dir: str, **options):
     """Yields `host:port` of a server on loopback over `model_dir`; options: ours only."""
