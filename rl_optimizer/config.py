@@ -127,6 +127,9 @@ class FamilySpec:
     """Instances of this family in every episode (their coordinates fill the batch)."""
     params: dict = dataclasses.field(default_factory=dict)
     """Family parameters overriding its defaults (see configs/families.yaml)."""
+    reward_scale: float = bounded(1.0, gt=0.0, le=1000.0)
+    """Multiplies this family's rewards (before the clip): families whose losses fall slowly,
+    such as networks on minibatches, otherwise speak too softly to the critic."""
 
     __post_init__ = check_bounds
 

@@ -106,6 +106,9 @@ class OptimizationEnv(py_environment.PyEnvironment):
         self.feature_config = feature_config or FeatureConfig()
         self._families = [(objectives.get_family(s.family, **s.params), s.instances)
                           for s in self.config.mix]
+        # Each instance's reward scale, in the order `_sample_instances` lays them out.
+        self._reward_scale = np.repeat([s.reward_scale for s in self.config.mix],
+                                       [s.instances for s in self.config.mix])
         self._seeds = objectives.SPLITS[split]
         self._rng = np.random.default_rng(self.config.seed)
         self._batch = None
@@ -219,5 +222,6 @@ class OptimizationEnv(py_environment.PyEnvironment):
         before = np.log(np.maximum(self._batch.normalized_gap(before), floor))
         with np.errstate(invalid="ignore", divide="ignore"):
             after = np.log(np.maximum(self._batch.normalized_gap(values), floor))
-        reward = np.clip(before - after, -self.config.reward_clip, self.config.reward_clip)
+        reward = np.clip((before - after) * self._reward_scale, -self.config.reward_clip,
+                         self.config.reward_clip)
         return np.where(np.isfinite(after), reward, -self.config.reward_clip)

@@ -116,3 +116,13 @@ def test_network_rewards_follow_the_full_batch_loss():
     expected = np.log(start) - np.log(batch.normalized_gap(full))
     np.testing.assert_allclose(total, expected[batch.instance_of_coordinate], rtol=1e-4,
                                atol=1e-6)
+
+
+def test_reward_scale_multiplies_a_familys_rewards():
+    mix = (FamilySpec("quadratic", 1, {"dim": 3}),
+           FamilySpec("quadratic", 1, {"dim": 3}, reward_scale=10.0))
+    env = OptimizationEnv(EnvironmentConfig(mix=mix, horizon=5, pool_size=1, reward_clip=100.0))
+    env.reset()  # both entries draw the same (only) training instance
+    reward = env.step(np.zeros(env.batch_size, np.float32)).reward
+    np.testing.assert_allclose(reward[3:], 10.0 * reward[:3], rtol=1e-5)
+    assert reward[0] > 0
