@@ -159,6 +159,11 @@ class ObjectiveFamily(abc.ABC):
         if not condition:
             raise ValueError(f"invalid parameter {param!r}: {message}")
 
+    def check_range(self, param: str, low, high) -> None:
+        """Raises ValueError naming `param` unless low <= its value <= high."""
+        value = getattr(self, param)
+        self.check(low <= value <= high, param, f"must be in [{low}, {high}], got {value}")
+
 
 def register(cls: type[ObjectiveFamily]) -> type[ObjectiveFamily]:
     """Class decorator adding a family to `list_families()` / `get_family()`."""

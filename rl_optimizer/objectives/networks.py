@@ -98,17 +98,15 @@ class TeacherMLP(ObjectiveFamily):
     batch_size: int = 32
 
     def __post_init__(self):
-        self.check(1 <= self.inputs <= 256, "inputs", f"must be in [1, 256], got {self.inputs}")
-        self.check(1 <= self.hidden <= 256, "hidden", f"must be in [1, 256], got {self.hidden}")
-        self.check(1 <= self.layers <= 4, "layers", f"must be in [1, 4], got {self.layers}")
-        self.check(1 <= self.outputs <= 64, "outputs", f"must be in [1, 64], got {self.outputs}")
+        self.check_range("inputs", 1, 256)
+        self.check_range("hidden", 1, 256)
+        self.check_range("layers", 1, 4)
+        self.check_range("outputs", 1, 64)
         self.check(self.task in _TASKS, "task", f"must be one of {list(_TASKS)}, got {self.task!r}")
         self.check(self.activation in _ACTIVATIONS, "activation",
                    f"must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        self.check(2 <= self.n_samples <= 100_000, "n_samples",
-                   f"must be in [2, 100000], got {self.n_samples}")
-        self.check(1 <= self.batch_size <= self.n_samples, "batch_size",
-                   f"must be in [1, n_samples={self.n_samples}], got {self.batch_size}")
+        self.check_range("n_samples", 2, 100_000)
+        self.check_range("batch_size", 1, self.n_samples)
         if self.task == "autoencoder":
             self.check(self.hidden < self.inputs, "hidden",
                        f"an autoencoder's bottleneck must be below inputs={self.inputs}")
@@ -198,14 +196,12 @@ class TeacherRNN(ObjectiveFamily):
     batch_size: int = 32
 
     def __post_init__(self):
-        self.check(1 <= self.inputs <= 64, "inputs", f"must be in [1, 64], got {self.inputs}")
-        self.check(1 <= self.hidden <= 64, "hidden", f"must be in [1, 64], got {self.hidden}")
-        self.check(1 <= self.outputs <= 16, "outputs", f"must be in [1, 16], got {self.outputs}")
-        self.check(1 <= self.steps <= 64, "steps", f"must be in [1, 64], got {self.steps}")
-        self.check(2 <= self.n_samples <= 100_000, "n_samples",
-                   f"must be in [2, 100000], got {self.n_samples}")
-        self.check(1 <= self.batch_size <= self.n_samples, "batch_size",
-                   f"must be in [1, n_samples={self.n_samples}], got {self.batch_size}")
+        self.check_range("inputs", 1, 64)
+        self.check_range("hidden", 1, 64)
+        self.check_range("outputs", 1, 16)
+        self.check_range("steps", 1, 64)
+        self.check_range("n_samples", 2, 100_000)
+        self.check_range("batch_size", 1, self.n_samples)
 
     def _init(self, rng):
         i, h, o = self.inputs, self.hidden, self.outputs
