@@ -160,10 +160,24 @@ def resolve_version_dir(path: str) -> str:
                      "directories, and no single model directory")
 
 
+NOMINAL = "nominal"
+"""`load_policy`'s name for the ablation: the shipped policy's features, a zero actor."""
+
+
 def load_policy(policy: str | LearnedPolicy = "default") -> LearnedPolicy:
-    """The shipped policy ("default"), an exported policy's directory, or `policy` itself."""
+    """The shipped policy ("default"), an exported policy's directory, or `policy` itself.
+
+    "nominal" is the ablation of what the learning adds: the shipped policy's architecture and
+    feature constants with every weight zero, so every action is 0 and the optimizer is the
+    nominal step-size controller alone (see `features`).
+    """
     if isinstance(policy, LearnedPolicy):
         return policy
+    if policy == NOMINAL:
+        shipped = load_policy("default")
+        return LearnedPolicy([np.zeros_like(k.numpy()) for k in shipped.kernels],
+                             [np.zeros_like(b.numpy()) for b in shipped.biases],
+                             shipped.feature_config, metadata={"ablation": NOMINAL})
     path = PRETRAINED_DIR if policy == "default" else os.fspath(policy)
     if policy == "default" and not os.path.isdir(path):
         raise ValueError("no pretrained default policy is shipped in this installation "

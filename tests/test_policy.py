@@ -239,3 +239,12 @@ def test_default_policy_is_shipped_or_the_error_says_so():
     else:
         with pytest.raises(ValueError, match="pretrained"):
             load_policy("default")
+
+
+def test_nominal_is_the_shipped_policy_with_a_zero_actor():
+    nominal, shipped = load_policy("nominal"), load_policy("default")
+    assert nominal.feature_config == shipped.feature_config
+    assert nominal.hidden == shipped.hidden
+    observation = tf.random.normal([7, features.OBSERVATION_SIZE])
+    np.testing.assert_array_equal(nominal.actor(observation), np.zeros(7))
+    assert not np.array_equal(shipped.actor(observation), np.zeros(7))

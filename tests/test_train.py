@@ -106,8 +106,8 @@ def test_smoke_run_logs_losses_return_and_evaluation(smoke_run):
     logged = list(range(t.log_every, t.iterations + 1, t.log_every))
     for tag in ("train/actor_loss", "train/critic_loss", "train/return"):
         assert steps.get(tag) == logged, tag
-    evaluated = list(range(smoke_run.config.evaluation.every, t.iterations + 1,
-                           smoke_run.config.evaluation.every))
+    # Iteration 0 too: the initial actor is a candidate for the exported policy.
+    evaluated = list(range(0, t.iterations + 1, smoke_run.config.evaluation.every))
     assert steps.get("eval/win_rate_vs_adam") == evaluated
     assert any(tag.startswith("eval/curves_") for tag in steps), sorted(steps)
 

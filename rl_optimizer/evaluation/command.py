@@ -32,7 +32,8 @@ from rl_optimizer.evaluation.sweep import Benchmark
 
 def add_arguments(parser) -> None:
     parser.add_argument("--policy", default="default",
-                        help="'default' (the shipped policy), a run directory or an export")
+                        help="'default' (the shipped policy), 'nominal' (its zero-action "
+                             "ablation), a run directory or an export")
     parser.add_argument("--families", default=None,
                         help="comma-separated families (default: every family)")
     parser.add_argument("--instances", type=int, default=100, help="test instances per family")
