@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -185,8 +187,10 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     bar = tqdm(total=t.iterations, initial=int(run.iteration.numpy()), disable=not progress,
                desc="train", unit="it", dynamic_ncols=True)
     try:
-        with writer.as_default():
+        with writer.as_default(), _StopOnInterrupt() as stop:
             while int(run.iteration.numpy()) < t.iterations:
+                if stop.requested:
+                    raise KeyboardInterrupt
                 losses = _iterate(run, iterator)
                 it = int(run.iteration.assign_add(1).numpy())
                 stats = {"actor_loss": float(losses.extra.actor_loss),
@@ -213,6 +217,34 @@ def train(config: Config, run_dir: str, resume: bool = False, progress: bool = T
     run.save()
     return finish_run(config, run_dir, run.agent, best, int(run.iteration.numpy()),
                       time.time() - start, evaluation, interrupted)
+
+
+class _StopOnInterrupt:
+    """Turns the first Ctrl-C (SIGINT) into a request the loop reads between iterations.
+
+    A KeyboardInterrupt raised wherever the signal lands can be lost: inside a TF-Agents
+    environment callback TensorFlow runs for the driver, it becomes an op error or vanishes, and
+    training went on. A second Ctrl-C interrupts at once. Only in the main thread (where Python
+    runs signal handlers); elsewhere it does nothing.
+    """
+
+    requested = False
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def make_evaluate_fn(config: Config):
