@@ -11,7 +11,8 @@ def test_quick_prints_startup_and_throughput(capsys):
 
     out = capsys.readouterr().out
     startup = float(re.search(r"^startup_seconds: ([\d.]+)$", out, re.M).group(1))
-    assert 0 < startup <= time.time() - env_throughput.process_start_time()
+    # Printed to 0.1 s, so it may round up past the time measured here.
+    assert 0 < startup <= time.time() - env_throughput.process_start_time() + 0.05
     assert re.search(r"^pool_seconds: [\d.]+$", out, re.M)
     assert out.strip().splitlines()[-1] == f"coordinate_steps_per_second: {rate:.0f}"
 
