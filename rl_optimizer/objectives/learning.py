@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from rl_optimizer.objectives import cache
 from rl_optimizer.objectives.base import Objective, ObjectiveFamily, register
+from rl_optimizer.objectives.networks import glorot_layers
 
 
 def _penalised_cross_entropy(logits, params, x):
@@ -184,10 +185,9 @@ class MLPClassifier(ObjectiveFamily):
                    f"must be one of {sorted(_MLP_LOSSES)}, got {self.activation!r}")
 
     def glorot_init(self, rng: np.random.Generator, d_in: int = 2) -> np.ndarray:
-        """Glorot-uniform weights and zero biases, flattened in `_mlp_loss`'s layout."""
-        w1 = rng.uniform(-1, 1, d_in * self.hidden) * np.sqrt(6 / (d_in + self.hidden))
-        w2 = rng.uniform(-1, 1, self.hidden) * np.sqrt(6 / (self.hidden + 1))
-        return np.concatenate([w1, np.zeros(self.hidden), w2, [0.0]])
+        """Glorot-uniform weights and zero biases, flattened in `_mlp_loss`'s layout (a
+        d_in → hidden → 1 net in `glorot_layers`' layout)."""
+        return glorot_layers(rng, (d_in, self.hidden, 1))
 
     def sample(self, seed):
         rng = np.random.default_rng(seed)

@@ -25,11 +25,16 @@ _ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "linear": tf.identity}
 _TASKS = ("classification", "regression", "autoencoder")
 
 
+def glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    """A flat fan_in×fan_out Glorot-uniform weight matrix (Keras' Dense default)."""
+    return rng.uniform(-1, 1, fan_in * fan_out) * np.sqrt(6 / (fan_in + fan_out))
+
+
 def glorot_layers(rng: np.random.Generator, sizes) -> np.ndarray:
     """Flat [W (fan_in×fan_out), b] per layer: Glorot-uniform weights, zero biases (Keras')."""
     parts = []
     for a, b in zip(sizes, sizes[1:]):
-        parts += [rng.uniform(-1, 1, a * b) * np.sqrt(6 / (a + b)), np.zeros(b)]
+        parts += [glorot(rng, a, b), np.zeros(b)]
     return np.concatenate(parts)
 
 
@@ -205,9 +210,8 @@ class TeacherRNN(ObjectiveFamily):
 
     def _init(self, rng):
         i, h, o = self.inputs, self.hidden, self.outputs
-        glorot = [rng.uniform(-1, 1, a * b) * np.sqrt(6 / (a + b)) for a, b in
-                  ((i, h), (h, h), (h, o))]
-        return np.concatenate([*glorot, np.zeros(h + o)])
+        weights = [glorot(rng, a, b) for a, b in ((i, h), (h, h), (h, o))]
+        return np.concatenate([*weights, np.zeros(h + o)])
 
     def sample(self, seed):
         rng = np.random.default_rng(seed)
