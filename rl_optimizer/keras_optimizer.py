@@ -11,9 +11,9 @@ Adam's does: a float, a `LearningRateSchedule`, or a value callbacks such as
 
 Per variable and step, a gradient with a non-finite value leaves the variable and its slots
 unchanged and adds one to `skipped_steps`; otherwise each coordinate moves by at most
-`policy.feature_config.max_update`. The optimizer also keeps ‖gradient‖² and (estimated from
-`UPDATE_SAMPLE` coordinates per variable) ‖update‖² of the last step, summed over its
-variables, for `monitor.OptimizerMonitor` to show in TensorBoard.
+`policy.feature_config.max_update`. The optimizer also keeps ‖gradient‖² and ‖update‖² of the
+last step (each estimated from `UPDATE_SAMPLE` evenly spaced coordinates of a larger variable),
+summed over its variables, for `monitor.OptimizerMonitor` to show in TensorBoard.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ STATISTICS = ("update_norm_sq", "gradient_norm_sq")
 """What `LearnedOptimizer.statistics` holds: sums over the variables the last step updated."""
 
 UPDATE_SAMPLE = 4096
-"""‖update‖² of a larger variable is estimated from this many evenly spaced coordinates."""
+"""‖update‖² and ‖gradient‖² of a larger variable are estimated from this many evenly spaced
+coordinates."""
 
 _SLOTS = ("m", "v", "log_lr", "action")
 """`features.State` kept per coordinate, one slot each; its step count t is the optimizer's."""
@@ -171,14 +172,14 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         state = features.State(*values, t=self._step_count(gradient))
         update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
                                           tf.cast(self.learning_rate, gradient.dtype))
-        # In float64 ‖g‖² cannot overflow: it is finite exactly when every value of g is, and
-        # one reduction serves both the check and the statistics.
-        gradient_sq = _sum_of_squares(gradient)
-        finite = tf.math.is_finite(gradient_sq)
+        # A boolean reduction: a quarter of the memory traffic of a float32 ‖g‖², and no
+        # overflow to mistake for a non-finite value (float64 ‖g‖² cost ~0.15x of Adam's step).
+        finite = tf.reduce_all(tf.math.is_finite(gradient))
         # Selects, not a tf.cond: XLA runs a conditional's branches on one thread.
         update = tf.where(finite, update, tf.zeros_like(update))
         new_values = [tf.where(finite, new, old) for new, old in zip(new_state, values)]
-        statistics = tf.stack([_estimated_sum_of_squares(update), gradient_sq])
+        statistics = tf.stack([_estimated_sum_of_squares(update),
+                               _estimated_sum_of_squares(gradient)])
         self.statistics.assign_add(tf.where(finite, statistics, tf.zeros_like(statistics)))
         self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         return update, new_values
@@ -227,7 +228,7 @@ def _sum_of_squares(x: tf.Tensor) -> tf.Tensor:
 
 
 def _estimated_sum_of_squares(x: tf.Tensor) -> tf.Tensor:
-    # Exact would cost a pass over the update as long as the rest of the monitoring together.
+    # Exact would cost a pass over the tensor (~0.15x of Adam's whole step for the gradient's).
     size = x.shape.num_elements()
     if size is None or size <= UPDATE_SAMPLE:
         return _sum_of_squares(x)
