@@ -153,6 +153,25 @@ def test_unreachable_server_is_retried_then_named(free_port):
     assert time.monotonic() - start >= 0.4  # it did wait between tries
 
 
+def test_collector_threads_are_set_in_a_fresh_process_and_refused_once_tensorflow_runs():
+    import tensorflow as tf
+
+    from rl_optimizer.distributed import collector
+
+    script = ("import tensorflow as tf\n"
+              "from rl_optimizer.distributed.collector import set_threads\n"
+              "set_threads(1)\n"
+              "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+              " tf.config.threading.get_inter_op_parallelism_threads())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-2:] == ["1", "1"]
+    tf.constant(1.0) + 1.0  # this process's TensorFlow has started
+    with pytest.raises(RuntimeError, match="distributed.collector_threads=2"):
+        collector.set_threads(2)
+    collector.set_threads(0)  # TensorFlow's default: nothing to set
+
+
 def test_observer_writes_two_step_items_and_the_dataset_flattens_coordinates(
         smoke_config_path, tmp_path):
     import dataclasses
