@@ -114,6 +114,66 @@ def test_alignment_is_per_tensor():
     assert log_lr[0] == log_lr[1] > 0 > log_lr[2] == log_lr[3]
 
 
+def test_centered_action_moves_step_sizes_within_a_tensor_only():
+    """center_action: an action constant over a tensor changes nothing; one that differs
+    within a tensor moves its coordinates apart, leaving the tensor's mean log_lr where the
+    nominal controller put it, tensor by tensor."""
+    rng = np.random.default_rng(4)
+    gradients = [rng.normal(size=6).astype(np.float32) for _ in range(5)]
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1]), 2)
+    config = FeatureConfig(center_action=True)
+    nominal = _log_lrs(gradients, config, segments)
+
+    def run(actor, config):
+        state = features.init_state([6])
+        for g in gradients:
+            _, state = features.step(actor, tf.constant(g), state, config, segments=segments)
+        return state.log_lr.numpy()
+
+    def constant(observation):
+        return tf.fill(tf.shape(observation)[:-1], -0.5)
+
+    def spread(observation):  # mean 0 within each tensor
+        return tf.constant([0.4, 0.0, -0.4, 0.2, 0.2, -0.4])
+
+    np.testing.assert_allclose(run(constant, config), nominal, atol=1e-6)
+    assert np.all(run(constant, FeatureConfig()) < nominal - 0.1)  # uncentered: it shrinks
+    assert not np.allclose(run(spread, config), nominal, atol=1e-3)
+    # First step: zero momentum, so zero alignment and no clipping; the centred spread moves
+    # coordinates apart and each tensor's mean log_lr stays at the nominal 0.
+    _, state = features.step(spread, tf.constant(gradients[0]), features.init_state([6]),
+                             config, segments=segments)
+    log_lr = state.log_lr.numpy()
+    np.testing.assert_allclose(log_lr, 0.3 * np.array([0.4, 0.0, -0.4, 0.2, 0.2, -0.4]),
+                               atol=1e-6)  # the spread has mean 0 in each tensor already
+    np.testing.assert_allclose([log_lr[:3].mean(), log_lr[3:].mean()], [0.0, 0.0], atol=1e-6)
+
+
+def test_max_spread_bounds_step_sizes_around_their_tensor_mean():
+    """A policy that keeps pushing coordinates of one tensor apart: without max_spread their
+    log step sizes drift apart step after step; with it they stay within ±max_spread of their
+    tensor's mean (taken before the bound), tensor by tensor."""
+    rng = np.random.default_rng(5)
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1]), 2)
+
+    def apart(observation):
+        return tf.constant([1.0, 0.0, -1.0, 1.0, -1.0, 0.0])
+
+    def run(config):
+        state = features.init_state([6])
+        for _ in range(30):
+            g = tf.constant(rng.normal(size=6).astype(np.float32))
+            _, state = features.step(apart, g, state, config, segments=segments)
+        return state.log_lr.numpy()
+
+    free = run(FeatureConfig(center_action=True))
+    assert free[0] - free[2] > 6.0
+    bounded = run(FeatureConfig(center_action=True, max_spread=1.5))
+    for tensor in (bounded[:3], bounded[3:]):  # all within ±1.5 of one centre
+        assert tensor.max() - tensor.min() <= 2 * 1.5 + 1e-5
+    assert bounded[0] - bounded[2] > 2.0  # the policy still moves them apart, up to the bound
+
+
 def test_scale_free():
     """Gradients scaled by any power of ten give the same observations and step sizes."""
     rng = np.random.default_rng(3)
@@ -131,7 +191,8 @@ def test_scale_free():
 
 @pytest.mark.parametrize("field,value", [("beta1", 1.0), ("learning_rate", 0.0),
                                          ("log_lr_min", 0.0), ("clip", -1.0),
-                                         ("increment", 0.0), ("nominal_gain", -1.0)])
+                                         ("increment", 0.0), ("nominal_gain", -1.0),
+                                         ("max_spread", -1.0)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})
