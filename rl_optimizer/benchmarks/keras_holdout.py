@@ -1,0 +1,138 @@
+"""Keras networks outside the evaluation suite: untuned `LearnedOptimizer()` against `Adam()`.
+
+    python -m rl_optimizer.benchmarks.keras_holdout [--policy default|nominal|PATH] [--tasks a,b]
+
+A second check of generalization, on ten models that neither training, model selection nor
+`rl-optimizer evaluate`'s suite (`evaluation.keras_tasks.TASKS`) uses: other datasets bundled
+with scikit-learn or made in code (iris, two moons, a regression with targets in the
+thousands, wine without standardised features), other layers (LSTM, Conv1D, LayerNorm,
+BatchNorm in a CNN, Dropout in a deep MLP) and a convex softmax regression. Each task trains
+the same initial weights with both optimizers (`model.fit`, batch 32) and compares the final
+training loss. The last line is `wins_vs_adam_default: K/N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import tensorflow as tf
+
+import rl_optimizer  # noqa: F401  (quiets TensorFlow's start-up banner)
+from rl_optimizer.evaluation import keras_tasks as kt
+from rl_optimizer.evaluation.keras_tasks import Task
+
+_L = tf.keras.layers
+
+
+def _moons(seed):
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(1000, noise=0.2, random_state=seed)
+    return kt._xy_split(x.astype(np.float32), y, seed)
+
+
+def _large_targets(seed):
+    from sklearn.datasets import make_regression
+
+    x, y = make_regression(1000, 20, noise=10.0, random_state=seed)
+    return kt._xy_split(x.astype(np.float32), (10 * y).astype(np.float32), seed, stratify=False)
+
+
+def _wine_raw(seed):
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    return kt._xy_split(data.data.astype(np.float32), data.target, seed)
+
+
+def _iris(seed):
+    from sklearn.datasets import load_iris
+
+    return kt._tabular(load_iris, seed)
+
+
+def _digits_flat(seed):
+    x_train, y_train, x_test, y_test = kt.load_digits_split(seed)
+    return x_train.reshape(len(x_train), -1), y_train, x_test.reshape(len(x_test), -1), y_test
+
+
+def _dense(units, activation=None):
+    return lambda: _L.Dense(units, activation=activation)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("iris_mlp", "iris, MLP 16-3", _iris,
+         kt._sequential((4,), _dense(16, "relu"), _dense(3)), kt._sparse_ce, "accuracy", 50),
+    Task("moons_tanh", "two moons, MLP 32-32-2 (tanh)", _moons,
+         kt._sequential((2,), _dense(32, "tanh"), _dense(32, "tanh"), _dense(2)),
+         kt._sparse_ce, "accuracy", 40),
+    Task("large_target_regression", "regression with targets ~1e3, MLP 32-1", _large_targets,
+         kt._sequential((20,), _dense(32, "relu"), _dense(1)), kt._mse, "mse", 40),
+    Task("wine_raw_features", "wine, unstandardised features, MLP 32-3", _wine_raw,
+         kt._sequential((13,), _dense(32, "relu"), _dense(3)), kt._sparse_ce, "accuracy", 40),
+    Task("digits_softmax", "digits, softmax regression (convex)", _digits_flat,
+         kt._sequential((64,), _dense(10)), kt._sparse_ce, "accuracy", 20),
+    Task("digits_deep_dropout", "digits, MLP 256-128-64-10 with Dropout", _digits_flat,
+         kt._sequential((64,), _dense(256, "relu"), lambda: _L.Dropout(0.2), _dense(128, "relu"),
+                        _dense(64, "relu"), _dense(10)), kt._sparse_ce, "accuracy", 20),
+    Task("digits_cnn_batchnorm", "digits, conv32-BatchNorm-10", kt.load_digits_split,
+         kt._sequential((8, 8, 1), lambda: _L.Conv2D(32, 3, padding="same"),
+                        _L.BatchNormalization, _L.ReLU, _L.Flatten, _dense(10)),
+         kt._sparse_ce, "accuracy", 15),
+    Task("sequence_lstm", "synthetic sequences, LSTM(32)", kt._sequences,
+         kt._sequential((20, 3), lambda: _L.LSTM(32), _dense(2)), kt._sparse_ce, "accuracy", 15),
+    Task("sequence_conv1d", "synthetic sequences, Conv1D(16)-max-2", kt._sequences,
+         kt._sequential((20, 3), lambda: _L.Conv1D(16, 3, activation="relu"),
+                        _L.GlobalMaxPooling1D, _dense(2)), kt._sparse_ce, "accuracy", 15),
+    Task("cancer_layernorm", "breast cancer, MLP with LayerNorm", kt._breast_cancer,
+         kt._sequential((30,), _dense(64), _L.LayerNormalization, _L.ReLU, _dense(2)),
+         kt._sparse_ce, "accuracy", 30),
+]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rl_optimizer.keras_optimizer import LearnedOptimizer
+    from rl_optimizer.policy import load_policy
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", default="default",
+                        help="'default', 'nominal' or an exported policy's path")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated, some of {', '.join(TASKS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every task (default: each task's own)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest setting (seconds): iris_mlp for 2 epochs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.epochs = "iris_mlp", 2
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+    policy = load_policy(args.policy)
+    wins = 0
+    for name in names:
+        task = TASKS[name]
+        data = task.data(args.seed)
+        epochs = args.epochs or task.epochs
+        learned = kt.train(task, LearnedOptimizer(policy), epochs, args.seed, data)
+        adam = kt.train(task, tf.keras.optimizers.Adam(), epochs, args.seed, data)
+        win = not learned["diverged"] and (adam["diverged"]
+                                           or learned["final_loss"] < adam["final_loss"])
+        wins += win
+        print(f"{name}: learned {learned['final_loss']:.4g} "
+              f"({task.metric} {learned['test_metric']:.3f}"
+              f"{', diverged' if learned['diverged'] else ''}), Adam() {adam['final_loss']:.4g} "
+              f"({task.metric} {adam['test_metric']:.3f}): {'win' if win else 'loss'}",
+              flush=True)
+    print(f"wins_vs_adam_default: {wins}/{len(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
