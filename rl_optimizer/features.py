@@ -91,8 +91,9 @@ class FeatureConfig:
     center_action: bool = False
     """Subtract from the policy's action its mean over the coordinate's tensor: the policy then
     only redistributes step sizes within a tensor, and each tensor's scale is the nominal
-    controller's alone. (The shipped policy, trained without it, learned an action of about
-    -0.06 everywhere, which under minibatch noise shrinks every step size to `log_lr_min`.)"""
+    controller's alone. (A policy trained without it learned an action negative almost
+    everywhere, which under minibatch noise shrank every step size to `log_lr_min`.) The
+    shipped config sets it."""
     max_spread: float = 0.0
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
