@@ -65,7 +65,8 @@ def collection_rate(config, collectors: int, seconds: float, work_dir: str) -> f
     """Coordinate transitions per second that `collectors` processes insert together."""
     free = dataclasses.replace(config, distributed=dataclasses.replace(
         config.distributed, rate_tolerance=1e12))  # no learner here: never hold inserts
-    coordinates = replay_lib.item_layout(free, replay_lib.build_role(free)[0].batch_size)[0]
+    coordinates = replay_lib.item_layout(free.distributed.coordinates_per_item,
+                                         replay_lib.build_role(free)[0].batch_size)[0]
     with _cluster(free, collectors, work_dir) as (_, client, _):
         time.sleep(min(seconds, 5))  # every collector has traced its policy and environment
         before, start = _inserts(client), time.perf_counter()

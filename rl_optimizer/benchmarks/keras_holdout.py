@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs = args.epochs or task.epochs
         learned = kt.train(task, LearnedOptimizer(policy), epochs, args.seed, data)
         adam = kt.train(task, tf.keras.optimizers.Adam(), epochs, args.seed, data)
-        win = not learned["diverged"] and (adam["diverged"]
-                                           or learned["final_loss"] < adam["final_loss"])
+        win = kt.beats(learned, adam)
         wins += win
         print(f"{name}: learned {learned['final_loss']:.4g} "
               f"({task.metric} {learned['test_metric']:.3f}"

@@ -57,8 +57,7 @@ class CoordinateBatchObserver:
         self.items = 0
 
     def _regroup(self, batch_size: int) -> None:
-        per_item = min(self._per_item, batch_size)
-        count = -(-batch_size // per_item)
+        per_item, count = replay_lib.item_layout(self._per_item, batch_size)
         self._groups = np.resize(self._rng.permutation(batch_size), (count, per_item))
         while len(self._writers) < count:
             # The replay table has no signature to validate items against.
@@ -142,7 +141,7 @@ def collect(address: str, task: int, max_steps: int | None = None, log=print) ->
             finished = shared.pull()
     except LearnerDone:
         pass
-    per_item = replay_lib.item_layout(config, env.batch_size)[0]
+    per_item = replay_lib.item_layout(d.coordinates_per_item, env.batch_size)[0]
     log(f"collector {task}: {observer.items} items ({observer.items * per_item} "
         f"coordinate transitions) in {time.time() - start:.1f} s; learner iteration "
         f"{int(shared.iteration.numpy())}{', done' if shared.done.numpy() else ''}")

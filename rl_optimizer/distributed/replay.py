@@ -81,22 +81,23 @@ class SharedVariables:
                                      _shared(agent, *_progress_variables()))
 
 
-def item_layout(config: Config, batch_size: int) -> tuple[int, int]:
-    """`(C, K)`: coordinates per replay item and items per environment step of B coordinates."""
-    per_item = min(config.distributed.coordinates_per_item, batch_size)
+def item_layout(coordinates_per_item: int, batch_size: int) -> tuple[int, int]:
+    """`(C, K)`: coordinates per replay item and items per environment step of B coordinates,
+    for `distributed.coordinates_per_item` (C is at most B)."""
+    per_item = min(coordinates_per_item, batch_size)
     return per_item, -(-batch_size // per_item)
 
 
 def samples_per_insert(config: Config, batch_size: int) -> float:
     t = config.training
-    items_per_step = item_layout(config, batch_size)[1]
+    items_per_step = item_layout(config.distributed.coordinates_per_item, batch_size)[1]
     return t.train_steps * config.distributed.items_per_batch / (t.collect_steps * items_per_step)
 
 
 def make_tables(config: Config, batch_size: int, variable_signature) -> list[reverb.Table]:
     """The replay table (rate-limited to the config's train/collect ratio) and two 1-slot tables."""
     t = config.training
-    items_per_step = item_layout(config, batch_size)[1]
+    items_per_step = item_layout(config.distributed.coordinates_per_item, batch_size)[1]
     ratio = samples_per_insert(config, batch_size)
     # error_buffer is how far (in samples) the ratio may drift: rate_tolerance environment steps.
     limiter = reverb.rate_limiters.SampleToInsertRatio(
@@ -190,7 +191,7 @@ def training_dataset(address: str, config: Config, agent, batch_size: int) -> tf
     items = config.distributed.items_per_batch
     batch = config.training.batch_size
     per_item = -(-batch // items)
-    coordinates = item_layout(config, batch_size)[0]
+    coordinates = item_layout(config.distributed.coordinates_per_item, batch_size)[0]
     data_spec = tensor_spec.add_outer_dims_nest(agent.collect_data_spec, (coordinates,))
     buffer = reverb_replay_buffer.ReverbReplayBuffer(
         data_spec, REPLAY_TABLE, sequence_length=2, server_address=address)

@@ -224,6 +224,13 @@ def tune(task: Task, make_optimizer, epochs: int, grid: Sequence[float], seed: i
     return min(finite, key=finite.get), losses
 
 
+def beats(learned: dict, baseline: dict) -> bool:
+    """Whether the `train` result `learned` wins against `baseline`: it did not diverge, and
+    the baseline did or ended at a higher final training loss."""
+    return bool(not learned["diverged"]
+                and (baseline["diverged"] or learned["final_loss"] < baseline["final_loss"]))
+
+
 def speedup(learned: dict, baseline: dict) -> float:
     """Epochs `baseline` needs to reach `learned`'s last training loss, over `learned`'s
     epochs (VeLO's measure); inf where it never does, 0 where `learned` diverged."""
@@ -268,9 +275,7 @@ def run_task(task: Task, policy, epochs: int | None = None, seed: int = 0,
                            "learning_rate": momentum_lr, "tuning": momentum_tuning},
     }
     learned = runs["learned"]
-    wins = {name: bool(not learned["diverged"]
-                       and (r["diverged"] or learned["final_loss"] < r["final_loss"]))
-            for name, r in runs.items() if name != "learned"}
+    wins = {name: beats(learned, r) for name, r in runs.items() if name != "learned"}
     return {"epochs": epochs, "description": task.description, "metric": task.metric,
             "runs": runs, "wins": wins, "speedup_vs_adam_tuned": speedup(learned,
                                                                          runs["adam_tuned"])}
