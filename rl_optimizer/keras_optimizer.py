@@ -142,10 +142,21 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         else:
             self._dense_update(gradient, variable, slots, self.policy.actor)
 
-    @tf.function(jit_compile=True)
     def _dense_update_xla(self, gradient, variable, slots):
-        # The policy's XLA-friendly actor: same numbers, one fused loop.
-        self._dense_update(gradient, variable, slots, self.policy.unrolled_actor)
+        # The policy's XLA-friendly actor: same numbers, one fused loop. The compiled part
+        # returns the new values and the assignments take their buffers: assigned inside it,
+        # XLA copies the slots it reads and also overwrites (3 more passes over the variable).
+        new_variable, new_values = self._compiled_step(
+            gradient, tf.convert_to_tensor(variable), [tf.convert_to_tensor(s) for s in slots])
+        variable.assign(new_variable)
+        for slot, new in zip(slots, new_values):
+            slot.assign(new)
+
+    @tf.function(jit_compile=True)
+    def _compiled_step(self, gradient, value, values):
+        update, new_values = self._step(self.policy.unrolled_actor,
+                                        tf.cast(gradient, value.dtype), values)
+        return value + update, new_values
 
     def _dense_update(self, gradient, variable, slots, actor):
         values = [tf.convert_to_tensor(slot) for slot in slots]

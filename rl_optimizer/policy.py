@@ -84,10 +84,21 @@ class LearnedPolicy(tf.Module):
         `actor` stays the default.
         """
         units = tf.unstack(observation, num=features.OBSERVATION_SIZE, axis=-1)
+        # The first layer adds the per-tensor columns (the same for every coordinate of a
+        # tensor) to the bias first: XLA then folds them into one number per tensor.
+        order = [*features.TENSOR_COLUMNS,
+                 *(i for i in range(features.OBSERVATION_SIZE)
+                   if i not in features.TENSOR_COLUMNS)]
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
             rows = [tf.unstack(row) for row in tf.unstack(tf.cast(kernel, observation.dtype))]
-            units = [tf.add_n([x * row[j] for x, row in zip(units, rows)]) + b
-                     for j, b in enumerate(tf.unstack(tf.cast(bias, observation.dtype)))]
+            terms = order if i == 0 else range(len(units))
+            new_units = []
+            for j, b in enumerate(tf.unstack(tf.cast(bias, observation.dtype))):
+                total = b
+                for k in terms:
+                    total = total + units[k] * rows[k][j]
+                new_units.append(total)
+            units = new_units
             if i < len(self.kernels) - 1:
                 units = [tf.nn.relu(u) for u in units]
         return tf.tanh(units[0])

@@ -196,3 +196,61 @@ def test_scale_free():
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})
+
+
+def _numpy_alignment(g, m, v, t, config, picked):
+    v_new = config.beta2 * v + (1 - config.beta2) * g ** 2
+    rms = np.sqrt(v_new / (1 - config.beta2 ** (t + 1))) + config.epsilon
+    a, b = (g / rms)[picked], (m / rms)[picked]
+    return np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b))
+
+
+def test_large_tensors_statistics_use_a_strided_sample():
+    """A tensor over STATISTICS_SAMPLE coordinates: its alignment is the cosine over the
+    coordinates at multiples of ⌈size / 4096⌉ (row-major), not over all of them."""
+    rng = np.random.default_rng(6)
+    shape, config = (90, 100), FeatureConfig()
+    stride = -(-9000 // features.STATISTICS_SAMPLE)
+    g, m = rng.normal(size=shape), rng.normal(size=shape)
+    v = rng.uniform(0.5, 2.0, size=shape)
+    # Make the sampled coordinates disagree with the others: the two cosines differ in sign.
+    picked = np.arange(9000) % stride == 0
+    m.reshape(-1)[picked] = g.reshape(-1)[picked]
+    m.reshape(-1)[~picked] = -g.reshape(-1)[~picked]
+    state = features.State(*(tf.constant(x, tf.float32)
+                             for x in (m, v, np.zeros(shape), np.zeros(shape),
+                                       np.full(shape, 3.0))))
+    obs = features.observation(tf.constant(g, tf.float32), state, config)
+    alignment = obs[..., features.FEATURE_NAMES.index("tensor_alignment")].numpy()
+    want = _numpy_alignment(g.reshape(-1), m.reshape(-1), v.reshape(-1), 3.0, config, picked)
+    assert want > 0.9 and _numpy_alignment(g.reshape(-1), m.reshape(-1), v.reshape(-1), 3.0,
+                                           config, slice(None)) < 0
+    np.testing.assert_allclose(alignment, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", [FeatureConfig(center_action=True),
+                                    FeatureConfig(center_action=True, max_spread=0.5)])
+def test_sampled_statistics_agree_across_paths(config):
+    """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
+    as a segment beside a small one (the serving and environment path: sampled by weights),
+    and by observation + apply_action (the environment's split path): the same numbers."""
+    rng = np.random.default_rng(7)
+    shape = (70, 80)  # 5600 coordinates: stride 2
+    actor = lambda obs: tf.tanh(tf.reduce_sum(obs * [0.3, -0.2, 0.5, 0.1, 0.4, -0.3], -1))  # noqa: E731
+    alone = features.init_state(shape)
+    together = features.init_state([5600 + 7])
+    segments = features.Segments(tf.constant([1] * 7 + [0] * 5600), 2)
+    for _ in range(6):
+        g = rng.normal(size=shape).astype(np.float32)
+        small = rng.normal(size=7).astype(np.float32)
+        update, alone_next = features.step(actor, tf.constant(g), alone, config)
+        obs = features.observation(tf.constant(g), alone, config)
+        split, _ = features.apply_action(actor(obs), tf.constant(g), alone, config)
+        joint, together = features.step(actor, tf.constant(np.concatenate([small, g.ravel()])),
+                                        together, config, segments=segments)
+        np.testing.assert_allclose(split, update, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(joint[7:], update.numpy().ravel(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(together.log_lr[7:], alone_next.log_lr.numpy().ravel(),
+                                   rtol=1e-5, atol=1e-6)
+        alone = alone_next
+    assert np.ptp(alone.log_lr.numpy()) > 0.1  # the actor did spread the step sizes

@@ -74,6 +74,35 @@ def test_remote_optimizer_keeps_state_per_parameter(policy_server, serving_polic
         remote.step({"w": np.zeros((4, 3))})
 
 
+def test_large_parameters_step_alike_remote_and_in_process(policy_server, serving_policies):
+    """A parameter over features.STATISTICS_SAMPLE coordinates: its statistics come from a
+    strided sample, which the server (by segment) and the Keras optimizer (by slicing, under
+    XLA or not) must take alike."""
+    from rl_optimizer.keras_optimizer import LearnedOptimizer
+
+    rng = np.random.default_rng(1)
+    grads = [{"w": rng.normal(size=(70, 80)).astype(np.float32),
+              "b": rng.normal(size=5).astype(np.float32)} for _ in range(4)]
+    remote = RemoteOptimizer(PolicyClient(policy_server.target))
+    local = PerParameterSteps(serving_policies[0])
+    keras = {jit: KerasSteps(LearnedOptimizer(serving_policies[0], jit_compile=jit))
+             for jit in (False, True)}
+    params = {"remote": {k: np.zeros_like(g) for k, g in grads[0].items()}}
+    for name in ("local", False, True):
+        params[name] = {k: v.copy() for k, v in params["remote"].items()}
+    for step in grads:
+        for k, update in remote.step(step).items():
+            params["remote"][k] += update
+        local.apply(params["local"], step)
+        for jit, reference in keras.items():
+            reference.apply(params[jit], step)
+    for name in ("local", False, True):
+        for k in grads[0]:
+            np.testing.assert_allclose(params["remote"][k], params[name][k], rtol=1e-5,
+                                       atol=1e-7, err_msg=f"{name}: {k}")
+    assert np.abs(params["remote"]["w"]).max() > 0
+
+
 def test_remote_training_equals_in_process(policy_server, serving_policies, example):
     policy = serving_policies[0]
     kwargs = {"epochs": 2, "log": lambda line: None}
