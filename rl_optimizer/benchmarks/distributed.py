@@ -44,17 +44,18 @@ def _wait_joined(log_dir: str, count: int, timeout: float = 600) -> None:
 
 @contextlib.contextmanager
 def _cluster(config, collectors: int, work_dir: str):
-    """`(address, client, agent)`: a server, a learner's first weights push, N collectors."""
+    """`(address, client, batch_size)`: a server, a learner's first weights push, N collectors
+    (batch_size: the coordinates of one environment step)."""
     server = replay_lib.start_server(config)
     address = f"127.0.0.1:{server.port}"
     client = replay_lib.connect(address)
-    _, agent, _ = replay_lib.build_role(config)
+    env, agent, _ = replay_lib.build_role(config)
     replay_lib.SharedVariables(address, agent).push(0)
     log_dir = os.path.join(work_dir, f"collectors-{collectors}-{time.time_ns()}")
     try:
         with CollectorPool(address, collectors, log_dir, log=lambda _: None):
             _wait_joined(log_dir, collectors)
-            yield address, client, agent
+            yield address, client, env.batch_size
             # A new client: building a Learner meanwhile drops the eager resources made before.
             replay_lib.SharedVariables(address, agent).push(0, finished=True)
     finally:
@@ -65,9 +66,8 @@ def collection_rate(config, collectors: int, seconds: float, work_dir: str) -> f
     """Coordinate transitions per second that `collectors` processes insert together."""
     free = dataclasses.replace(config, distributed=dataclasses.replace(
         config.distributed, rate_tolerance=1e12))  # no learner here: never hold inserts
-    coordinates = replay_lib.item_layout(free.distributed.coordinates_per_item,
-                                         replay_lib.build_role(free)[0].batch_size)[0]
-    with _cluster(free, collectors, work_dir) as (_, client, _):
+    with _cluster(free, collectors, work_dir) as (_, client, batch_size):
+        coordinates = replay_lib.item_layout(free.distributed.coordinates_per_item, batch_size)[0]
         time.sleep(min(seconds, 5))  # every collector has traced its policy and environment
         before, start = _inserts(client), time.perf_counter()
         time.sleep(seconds)
