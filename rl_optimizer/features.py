@@ -181,14 +181,14 @@ def _second_moment(gradient, state: State, config: FeatureConfig):
     return t, v, rms
 
 
-def _moments(gradient, state: State, config: FeatureConfig, segments, alignment=None
-             ) -> _Moments:
+def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
+             alignment=None) -> _Moments:
     t, v, rms = _second_moment(gradient, state, config)
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
     if alignment is None:
-        alignment = _alignment(gradient, state, config, segments)
+        alignment = _alignment(gradient, state, config, sampler)
     return _Moments(m, v, t, direction, rms, alignment)
 
 
@@ -222,7 +222,6 @@ class _Sampler(NamedTuple):
     """
 
     segments: Segments | None
-    size: int | tf.Tensor | None = None  # without segments: the tensor's size
     stride: int | tf.Tensor | None = None  # without segments: the flat stride
     weight: tf.Tensor | None = None  # with segments
 
@@ -232,11 +231,12 @@ def _stride(size):
 
 
 def _sampler(gradient: tf.Tensor, segments: Segments | None) -> _Sampler:
+    """Made once per step and passed to every statistic of it."""
     if segments is None:
         size = gradient.shape.num_elements()
         if size is None:
-            size = tf.size(gradient)
-        return _Sampler(None, size, tf.maximum(_stride(size), 1))
+            return _Sampler(None, tf.maximum(_stride(tf.size(gradient)), 1))
+        return _Sampler(None, max(_stride(size), 1))
     ids = segments.ids
     index = tf.reshape(tf.range(tf.size(ids)), tf.shape(ids))
     first = tf.gather(tf.math.unsorted_segment_min(index, ids, segments.count), ids)
@@ -270,7 +270,7 @@ def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
 
 
-def _alignment(gradient, state: State, config: FeatureConfig, segments) -> tf.Tensor:
+def _alignment(gradient, state: State, config: FeatureConfig, sampler: _Sampler) -> tf.Tensor:
     """Cosine, over the coordinate's tensor, of the preconditioned gradient and momentum.
 
     Positive while steps keep going the same way (the step size could grow), negative after
@@ -278,7 +278,6 @@ def _alignment(gradient, state: State, config: FeatureConfig, segments) -> tf.Te
     minibatch noise, averaged over a tensor, does not hide as it hides each coordinate's.
     Computed on the tensor's sample (`STATISTICS_SAMPLE`).
     """
-    sampler = _sampler(gradient, segments)
     gradient, state = _sample(gradient, sampler), State(*(_sample(x, sampler) for x in state))
     _, _, rms = _second_moment(gradient, state, config)
     finite = tf.math.is_finite(gradient)
@@ -309,7 +308,8 @@ def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) 
 def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
                 segments: Segments | None = None) -> tf.Tensor:
     """Features [..., F] of the gradient history, for each coordinate of `gradient`."""
-    return _features(gradient, state, _moments(gradient, state, config, segments), config)
+    return _features(gradient, state,
+                     _moments(gradient, state, config, _sampler(gradient, segments)), config)
 
 
 def _increment(action, alignment, action_mean, config: FeatureConfig):
@@ -321,10 +321,9 @@ def _increment(action, alignment, action_mean, config: FeatureConfig):
 
 
 def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig,
-           learning_rate=None, segments: Segments | None = None, sampled_action=None):
+           learning_rate, sampler: _Sampler, sampled_action=None):
     """`sampled_action`: the clipped action on the tensor's sample (`_sample`), given where
     `center_action` or `max_spread` needs it."""
-    sampler = _sampler(gradient, segments)
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
     action = _increment(action, moments.alignment, action_mean, config)
     log_lr = state.log_lr + config.increment * action
@@ -356,31 +355,32 @@ def apply_action(action: tf.Tensor, gradient: tf.Tensor, state: State, config: F
     `learning_rate` (a scalar, e.g. a Keras schedule's value) replaces
     `config.learning_rate` as the multiplier of the step.
     """
+    sampler = _sampler(gradient, segments)
     sampled = None
     if _needs_sampled_action(config):
-        sampled = _sample(tf.clip_by_value(action, -1.0, 1.0), _sampler(gradient, segments))
-    return _apply(action, gradient, state, _moments(gradient, state, config, segments), config,
-                  learning_rate, segments, sampled)
+        sampled = _sample(tf.clip_by_value(action, -1.0, 1.0), sampler)
+    return _apply(action, gradient, state, _moments(gradient, state, config, sampler), config,
+                  learning_rate, sampler, sampled)
 
 
 def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: State,
          config: FeatureConfig, learning_rate=None,
          segments: Segments | None = None) -> tuple[tf.Tensor, State]:
     """One optimizer step: observe, ask the actor (features [..., F] → action [...]), update."""
-    moments = _moments(gradient, state, config, segments)
+    sampler = _sampler(gradient, segments)
+    moments = _moments(gradient, state, config, sampler)
     action = actor(_features(gradient, state, moments, config))
     sampled = None
     if _needs_sampled_action(config):
-        sampler = _sampler(gradient, segments)
         if segments is None:
             # The actor again, on the sample alone: the statistic then needs no pass over the
             # whole action (the same numbers as sampling it).
             sample_state = State(*(_sample(x, sampler) for x in state))
             sample_gradient = _sample(gradient, sampler)
-            sample_moments = _moments(sample_gradient, sample_state, config, segments,
+            sample_moments = _moments(sample_gradient, sample_state, config, sampler,
                                       moments.alignment)
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action
         sampled = tf.clip_by_value(sampled, -1.0, 1.0)
-    return _apply(action, gradient, state, moments, config, learning_rate, segments, sampled)
+    return _apply(action, gradient, state, moments, config, learning_rate, sampler, sampled)

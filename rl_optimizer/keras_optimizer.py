@@ -138,32 +138,29 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
             # `apply_gradients` has summed duplicate indices already.
             self._sparse_update(gradient, variable, slots)
         elif self.jit_update:
-            self._dense_update_xla(gradient, variable, slots)
+            self._dense_update(gradient, variable, slots, self._compiled_new_values)
         else:
-            self._dense_update(gradient, variable, slots, self.policy.actor)
+            self._dense_update(gradient, variable, slots, self._new_values)
 
-    def _dense_update_xla(self, gradient, variable, slots):
-        # The policy's XLA-friendly actor: same numbers, one fused loop. The compiled part
-        # returns the new values and the assignments take their buffers: assigned inside it,
-        # XLA copies the slots it reads and also overwrites (3 more passes over the variable).
-        new_variable, new_values = self._compiled_step(
+    def _dense_update(self, gradient, variable, slots, new_values_fn):
+        # The new values are computed, then assigned: assigned inside the compiled step, XLA
+        # copies the slots it reads and also overwrites (3 more passes over the variable).
+        new_variable, new_values = new_values_fn(
             gradient, tf.convert_to_tensor(variable), [tf.convert_to_tensor(s) for s in slots])
         variable.assign(new_variable)
         for slot, new in zip(slots, new_values):
             slot.assign(new)
 
-    @tf.function(jit_compile=True)
-    def _compiled_step(self, gradient, value, values):
-        update, new_values = self._step(self.policy.unrolled_actor,
-                                        tf.cast(gradient, value.dtype), values)
+    def _new_values(self, gradient, value, values, xla: bool = False):
+        """The variable's and its slots' values after one step."""
+        # Under XLA the policy's unrolled actor: same numbers, one fused loop.
+        actor = self.policy.unrolled_actor if xla else self.policy.actor
+        update, new_values = self._step(actor, tf.cast(gradient, value.dtype), values)
         return value + update, new_values
 
-    def _dense_update(self, gradient, variable, slots, actor):
-        values = [tf.convert_to_tensor(slot) for slot in slots]
-        update, new_values = self._step(actor, tf.cast(gradient, variable.dtype), values)
-        variable.assign_add(update)
-        for slot, new in zip(slots, new_values):
-            slot.assign(new)
+    @tf.function(jit_compile=True)
+    def _compiled_new_values(self, gradient, value, values):
+        return self._new_values(gradient, value, values, xla=True)
 
     def _sparse_update(self, gradient, variable, slots):
         # Only the rows the gradient touches: gather their state, step, scatter back.
