@@ -22,19 +22,25 @@ One step, given the gradient g of a coordinate in tensor T:
      over a strided sample of at most 4096 of T's coordinates, `STATISTICS_SAMPLE`);
   3. observation = scale-free features of the gradient history (`observation`);
   4. action a ∈ [−1, 1] = policy(observation);
-  5. log_lr ← clip(log_lr + increment·clip(nominal_gain·alignment + a, ±1), log_lr_min,
-     log_lr_max) (options: a centred over the tensor, `center_action`; log_lr kept within
-     `max_spread` of its tensor's mean);
+  5. log_lr ← clip(log_lr + increment·(clip(nominal_gain·alignment + a, ±1) − guard) + pull,
+     log_lr_min, log_lr_max), where guard = surge_gain·max(0, ln(mean over T of g²/v̂) −
+     ln surge_threshold) (the blow-up guard) and pull = anchor_rate·max(0, anchor_log_lr −
+     log_lr) (the anchor) (options: a centred over the tensor, `center_action`; log_lr kept
+     within `max_spread` of its tensor's mean);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
-Where the scale comes from: the step size is state. It starts at `learning_rate` (Adam's
-default, 1e-3: a fresh coordinate's first step is Adam's) and a nominal controller moves it by
+Where the scale comes from: the step size is state. It starts at `learning_rate` (the shipped
+policy's is 1e-2, ten times Adam's default) and a nominal controller moves it by
 log-step increments (Wichrowska et al. 2017) in the direction of the step-size hypergradient's
 sign (Baydin et al. 2018): the alignment of the gradient with the momentum over the whole tensor,
 positive while steps keep their direction (too small), negative after overshooting (too large);
 minibatch noise, averaged over a tensor, does not hide it as it hides each coordinate's. So the
-optimizer finds the scale of any problem in a few dozen steps, from 1e-3 or wherever a schedule
-sets it, and needs no tuning. The policy's action corrects each coordinate's increment from
+optimizer finds the scale of any problem in a few dozen steps, from where it starts or
+wherever a schedule sets it, and needs no tuning. Two safeguards bound the controller where a
+one-step signal misleads it: the blow-up guard cuts the step size of a tensor whose gradients
+all grow past their running RMS at once, before the momentum turns; the anchor pulls step
+sizes that minibatch noise has annealed below `anchor_log_lr` (the shipped policy's: Adam's
+default, 1e-3) back towards it. The policy's action corrects each coordinate's increment from
 what its own gradient history shows: the zero action is the nominal controller, an
 Adam-direction optimizer that stays stable out of distribution (Harrison et al. 2022).
 
@@ -52,6 +58,7 @@ Adam's. The update is bounded: |update| ≤ learning_rate·exp(log_lr_max)·clip
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -75,7 +82,9 @@ CONTRACT_VERSION = 2
 the version it was trained with and loads only under the same one. (Sampling the statistics of
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
-version-2 policy trained on them stays valid.)"""
+version-2 policy trained on them stays valid. Nor did the blow-up guard and the anchor: off
+by default, so an older policy's `FeatureConfig` means what it meant; a policy that sets them
+fails to load in an older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -101,6 +110,25 @@ class FeatureConfig:
     controller's alone. (A policy trained without it learned an action negative almost
     everywhere, which under minibatch noise shrank every step size to `log_lr_min`.) The
     shipped config sets it."""
+    surge_gain: float = 0.0
+    """The blow-up guard: where the mean of g²/v̂ over a tensor (its gradients' size now
+    against their running mean square, about 1 in a steady state) exceeds `surge_threshold`,
+    log_lr's increment falls by surge_gain·ln(mean / surge_threshold), in units of `increment`
+    and beyond the ±1 bound of the rest (a gradient 30x its RMS cuts log_lr by ~6 at once).
+    A tensor whose gradients grow past their history all at once is being thrown out of its
+    basin (BatchNorm's scale in a CNN whose loss is near 0 did so, step sizes grown on a
+    gradient direction that stayed the same); the alignment sees it only after the momentum
+    turns. 0: off."""
+    surge_threshold: float = 2.0
+    """Where the blow-up guard starts (see `surge_gain`); > 1."""
+    anchor_rate: float = 0.0
+    """The pull of log_lr back up to `anchor_log_lr` from below: log_lr rises by anchor_rate
+    times its distance under the anchor each step. Under minibatch noise the alignment is
+    the greedy, one-step hypergradient, biased towards small steps (Wu et al. 2018); without
+    a pull it anneals step sizes to `log_lr_min` (a Dropout MLP's biases did in ~300 steps).
+    Above the anchor it does nothing. 0: off."""
+    anchor_log_lr: float = 0.0
+    """The log_lr below which `anchor_rate` pulls back (relative to `learning_rate`)."""
     max_spread: float = 0.0
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
@@ -121,6 +149,13 @@ class FeatureConfig:
                 raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.nominal_gain < 0:
             raise ValueError(f"features.nominal_gain must be >= 0, got {self.nominal_gain}")
+        if self.surge_gain < 0:
+            raise ValueError(f"features.surge_gain must be >= 0, got {self.surge_gain}")
+        if not self.surge_threshold > 1.0:
+            raise ValueError(
+                f"features.surge_threshold must be > 1, got {self.surge_threshold}")
+        if not 0.0 <= self.anchor_rate <= 1.0:
+            raise ValueError(f"features.anchor_rate must be in [0, 1], got {self.anchor_rate}")
         if self.max_spread < 0:
             raise ValueError(f"features.max_spread must be >= 0, got {self.max_spread}")
         for name in ("learning_rate", "increment", "clip", "epsilon"):
@@ -129,12 +164,13 @@ class FeatureConfig:
         if not self.log_lr_min < 0.0 < self.log_lr_max:
             raise ValueError("features.log_lr_min < 0 < features.log_lr_max must hold, got "
                              f"{self.log_lr_min}, {self.log_lr_max}")
+        if not self.log_lr_min <= self.anchor_log_lr <= self.log_lr_max:
+            raise ValueError("features.anchor_log_lr must be within [log_lr_min, log_lr_max], "
+                             f"got {self.anchor_log_lr}")
 
     @property
     def max_update(self) -> float:
         """The largest |update| any coordinate can take in one step at `learning_rate`."""
-        import math
-
         return self.learning_rate * math.exp(self.log_lr_max) * self.clip
 
 
@@ -169,7 +205,8 @@ class _Moments(NamedTuple):
     t: tf.Tensor
     direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
     rms: tf.Tensor  # √v̂ + ε
-    alignment: tf.Tensor  # see `_alignment`
+    alignment: tf.Tensor  # see `_tensor_statistics`
+    surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
 
 
 def _second_moment(gradient, state: State, config: FeatureConfig):
@@ -182,14 +219,14 @@ def _second_moment(gradient, state: State, config: FeatureConfig):
 
 
 def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             alignment=None) -> _Moments:
+             statistics=None) -> _Moments:
     t, v, rms = _second_moment(gradient, state, config)
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
-    if alignment is None:
-        alignment = _alignment(gradient, state, config, sampler)
-    return _Moments(m, v, t, direction, rms, alignment)
+    if statistics is None:
+        statistics = _tensor_statistics(gradient, state, config, sampler)
+    return _Moments(m, v, t, direction, rms, *statistics)
 
 
 class Segments(NamedTuple):
@@ -270,13 +307,16 @@ def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
 
 
-def _alignment(gradient, state: State, config: FeatureConfig, sampler: _Sampler) -> tf.Tensor:
-    """Cosine, over the coordinate's tensor, of the preconditioned gradient and momentum.
+def _tensor_statistics(gradient, state: State, config: FeatureConfig, sampler: _Sampler
+                       ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
-    Positive while steps keep going the same way (the step size could grow), negative after
-    overshooting: the sign of the hypergradient of the step size (Baydin et al. 2018), which
-    minibatch noise, averaged over a tensor, does not hide as it hides each coordinate's.
-    Computed on the tensor's sample (`STATISTICS_SAMPLE`).
+    alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
+    keep going the same way (the step size could grow), negative after overshooting: the sign
+    of the hypergradient of the step size (Baydin et al. 2018), which minibatch noise,
+    averaged over a tensor, does not hide as it hides each coordinate's.
+    surge: ln of the mean of g²/v̂ over the tensor's finite coordinates (for `surge_gain`;
+    0 when the guard is off).
     """
     gradient, state = _sample(gradient, sampler), State(*(_sample(x, sampler) for x in state))
     _, _, rms = _second_moment(gradient, state, config)
@@ -284,7 +324,11 @@ def _alignment(gradient, state: State, config: FeatureConfig, sampler: _Sampler)
     a = tf.where(finite, gradient / rms, tf.zeros_like(gradient))
     b = tf.where(finite, state.m / rms, tf.zeros_like(state.m))
     dot, aa, bb = (_tensor_sum(x, sampler) for x in (a * b, a * a, b * b))
-    return dot / tf.sqrt(aa * bb + 1e-30)
+    alignment = dot / tf.sqrt(aa * bb + 1e-30)
+    if not config.surge_gain:
+        return alignment, tf.zeros_like(alignment)
+    count = _tensor_sum(tf.cast(finite, a.dtype), sampler)
+    return alignment, tf.math.log(aa / tf.maximum(count, 1.0) + 1e-30)
 
 
 def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) -> tf.Tensor:
@@ -312,12 +356,16 @@ def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
                      _moments(gradient, state, config, _sampler(gradient, segments)), config)
 
 
-def _increment(action, alignment, action_mean, config: FeatureConfig):
+def _increment(action, alignment, surge, action_mean, config: FeatureConfig):
     """log_lr's increment: the nominal controller's, corrected by the policy's action."""
     action = tf.clip_by_value(action, -1.0, 1.0)
     if action_mean is not None:
         action = action - action_mean
-    return tf.clip_by_value(config.nominal_gain * alignment + action, -1.0, 1.0)
+    increment = tf.clip_by_value(config.nominal_gain * alignment + action, -1.0, 1.0)
+    if config.surge_gain:
+        # Outside the ±1 bound: a surge of the whole tensor cuts its steps at once.
+        increment -= config.surge_gain * tf.nn.relu(surge - math.log(config.surge_threshold))
+    return increment
 
 
 def _apply(action, gradient, state: State, moments: _Moments, config: FeatureConfig,
@@ -325,11 +373,13 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     """`sampled_action`: the clipped action on the tensor's sample (`_sample`), given where
     `center_action` or `max_spread` needs it."""
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
-    action = _increment(action, moments.alignment, action_mean, config)
-    log_lr = state.log_lr + config.increment * action
+    action = _increment(action, moments.alignment, moments.surge, action_mean, config)
+    log_lr = state.log_lr + config.increment * action + _anchor_pull(state.log_lr, config)
     if config.max_spread:
-        sampled_log_lr = _sample(state.log_lr, sampler) + config.increment * _increment(
-            sampled_action, _sample(moments.alignment, sampler), action_mean, config)
+        sampled_state_log_lr = _sample(state.log_lr, sampler)
+        sampled_log_lr = (sampled_state_log_lr + config.increment * _increment(
+            sampled_action, _sample(moments.alignment, sampler), _sample(moments.surge, sampler),
+            action_mean, config) + _anchor_pull(sampled_state_log_lr, config))
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
@@ -341,6 +391,13 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     update = tf.where(finite, update, tf.zeros_like(update))
     new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))
     return update, new_state
+
+
+def _anchor_pull(log_lr, config: FeatureConfig):
+    """`anchor_rate`'s pull of log_lr from below `anchor_log_lr` (0 when off)."""
+    if not config.anchor_rate:
+        return 0.0
+    return config.anchor_rate * tf.nn.relu(config.anchor_log_lr - log_lr)
 
 
 def _needs_sampled_action(config: FeatureConfig) -> bool:
@@ -378,7 +435,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
             sample_state = State(*(_sample(x, sampler) for x in state))
             sample_gradient = _sample(gradient, sampler)
             sample_moments = _moments(sample_gradient, sample_state, config, sampler,
-                                      moments.alignment)
+                                      (moments.alignment, moments.surge))
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action

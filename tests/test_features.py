@@ -106,6 +106,42 @@ def test_nominal_controller_grows_steps_that_keep_their_direction():
     assert np.all(_log_lrs(alternating, config) < -1.0)
 
 
+def test_blow_up_guard_cuts_steps_when_a_tensors_gradients_surge():
+    """A steady direction grows the step size; when the gradients grow 10x at once the guard
+    cuts it that very step (the alignment alone still says grow), and it stays out of the way
+    while they do not."""
+    base = np.array([1.0, -2.0, 0.5, 1.5])
+    steady = [base] * 8
+    surge = steady + [10 * base]
+    plain, guarded = FeatureConfig(), FeatureConfig(surge_gain=3.0, surge_threshold=2.0)
+    np.testing.assert_array_equal(_log_lrs(steady, guarded), _log_lrs(steady, plain))
+    assert np.all(_log_lrs(surge, plain) > _log_lrs(steady, plain))
+    # The surge step: alignment 1 (increment +1 without the guard), and g²/v̂ = r on every
+    # coordinate, so the guard takes 3·ln(r / 2) more, beyond the ±1 bound.
+    beta2 = guarded.beta2
+    v = (1 - beta2) * (sum(beta2 ** (9 - k) for k in range(1, 9)) + 100.0)
+    r = 100.0 / (v / (1 - beta2 ** 9))
+    assert np.log(r / 2) > 1.0
+    np.testing.assert_allclose(
+        _log_lrs(surge, guarded),
+        _log_lrs(steady, guarded) + guarded.increment * (1 - 3.0 * np.log(r / 2)), rtol=1e-4)
+
+
+def test_anchor_pulls_annealed_step_sizes_back_up():
+    """Below anchor_log_lr, log_lr rises by anchor_rate times its distance to it each step;
+    at or above it, the anchor does nothing."""
+    config = FeatureConfig(nominal_gain=0.0, anchor_rate=0.1, anchor_log_lr=-1.0)
+    state = features.init_state([3])._replace(log_lr=tf.constant([-3.0, -1.0, 0.5]))
+    _, state = features.step(_zero_actor, tf.constant([1.0, 2.0, 3.0]), state, config)
+    np.testing.assert_allclose(state.log_lr, [-2.8, -1.0, 0.5], rtol=1e-6)
+    # Against the nominal controller: alternating gradients anneal the step sizes, far less
+    # with the anchor.
+    alternating = [np.array([1.0, -2.0, 0.5]) * (-1) ** t for t in range(60)]
+    free = _log_lrs(alternating, FeatureConfig())
+    anchored = _log_lrs(alternating, FeatureConfig(anchor_rate=0.1, anchor_log_lr=-1.0))
+    assert np.all(free < -8.0) and np.all(anchored > -5.0)
+
+
 def test_alignment_is_per_tensor():
     """Segments: each tensor's step size follows its own alignment, not its neighbour's."""
     gradients = [np.array([1.0, 2.0, (-1.0) ** t, -(-1.0) ** t], np.float32) for t in range(8)]
@@ -192,7 +228,9 @@ def test_scale_free():
 @pytest.mark.parametrize("field,value", [("beta1", 1.0), ("learning_rate", 0.0),
                                          ("log_lr_min", 0.0), ("clip", -1.0),
                                          ("increment", 0.0), ("nominal_gain", -1.0),
-                                         ("max_spread", -1.0)])
+                                         ("max_spread", -1.0), ("surge_gain", -1.0),
+                                         ("surge_threshold", 1.0), ("anchor_rate", 1.5),
+                                         ("anchor_log_lr", -20.0)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})
@@ -228,8 +266,11 @@ def test_large_tensors_statistics_use_a_strided_sample():
     np.testing.assert_allclose(alignment, want, rtol=1e-4)
 
 
-@pytest.mark.parametrize("config", [FeatureConfig(center_action=True),
-                                    FeatureConfig(center_action=True, max_spread=0.5)])
+@pytest.mark.parametrize("config", [
+    FeatureConfig(center_action=True),
+    FeatureConfig(center_action=True, max_spread=0.5),
+    FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
+                  anchor_rate=0.05, anchor_log_lr=-0.5)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),
@@ -240,8 +281,9 @@ def test_sampled_statistics_agree_across_paths(config):
     alone = features.init_state(shape)
     together = features.init_state([5600 + 7])
     segments = features.Segments(tf.constant([1] * 7 + [0] * 5600), 2)
-    for _ in range(6):
-        g = rng.normal(size=shape).astype(np.float32)
+    for step in range(6):
+        # Growing gradients, so that the blow-up guard acts where it is on.
+        g = (rng.normal(size=shape) * 1.6 ** step).astype(np.float32)
         small = rng.normal(size=7).astype(np.float32)
         update, alone_next = features.step(actor, tf.constant(g), alone, config)
         obs = features.observation(tf.constant(g), alone, config)
