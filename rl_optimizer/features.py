@@ -114,7 +114,7 @@ class FeatureConfig:
     """The blow-up guard: where the mean of g²/v̂ over a tensor (its gradients' size now
     against their running mean square, about 1 in a steady state) exceeds `surge_threshold`,
     log_lr's increment falls by surge_gain·ln(mean / surge_threshold), in units of `increment`
-    and beyond the ±1 bound of the rest (a gradient 30x its RMS cuts log_lr by ~6 at once).
+    and beyond the ±1 bound of the rest (gradients all 30x their RMS cut log_lr by ~5 at once).
     A tensor whose gradients grow past their history all at once is being thrown out of its
     basin (BatchNorm's scale in a CNN whose loss is near 0 did so, step sizes grown on a
     gradient direction that stayed the same); the alignment sees it only after the momentum
@@ -128,7 +128,8 @@ class FeatureConfig:
     a pull it anneals step sizes to `log_lr_min` (a Dropout MLP's biases did in ~300 steps).
     Above the anchor it does nothing. 0: off."""
     anchor_log_lr: float = 0.0
-    """The log_lr below which `anchor_rate` pulls back (relative to `learning_rate`)."""
+    """The log_lr below which `anchor_rate` pulls back (relative to `learning_rate`): within
+    [log_lr_min, 0], at most where a fresh coordinate starts."""
     max_spread: float = 0.0
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
@@ -164,9 +165,9 @@ class FeatureConfig:
         if not self.log_lr_min < 0.0 < self.log_lr_max:
             raise ValueError("features.log_lr_min < 0 < features.log_lr_max must hold, got "
                              f"{self.log_lr_min}, {self.log_lr_max}")
-        if not self.log_lr_min <= self.anchor_log_lr <= self.log_lr_max:
-            raise ValueError("features.anchor_log_lr must be within [log_lr_min, log_lr_max], "
-                             f"got {self.anchor_log_lr}")
+        if not self.log_lr_min <= self.anchor_log_lr <= 0.0:
+            raise ValueError("features.anchor_log_lr must be within [log_lr_min, 0] (at most "
+                             f"the start), got {self.anchor_log_lr}")
 
     @property
     def max_update(self) -> float:

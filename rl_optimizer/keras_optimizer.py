@@ -79,8 +79,9 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
       learning_rate: the multiplier of every step (a fresh coordinate steps like Adam with
         this learning rate; the policy then adapts each coordinate's step size relative to
         it): a float, or a `tf.keras.optimizers.schedules.LearningRateSchedule`. None: the
-        policy's own (`feature_config.learning_rate`, 1e-3 as Adam's). The policy finds the
-        scale itself, so it needs no tuning; schedules and callbacks drive it as Adam's.
+        policy's own (`feature_config.learning_rate`; the shipped policy's: 1e-2). The policy
+        finds the scale itself, so it needs no tuning; schedules and callbacks drive it as
+        Adam's.
       name: name of the optimizer, the prefix of its slot variables.
       jit_compile: compile each dense variable's update with XLA, also on CPU (Keras' own
         optimizers use XLA only on GPU); the learned update is some 40 elementwise ops and a tiny

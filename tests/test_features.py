@@ -230,7 +230,7 @@ def test_scale_free():
                                          ("increment", 0.0), ("nominal_gain", -1.0),
                                          ("max_spread", -1.0), ("surge_gain", -1.0),
                                          ("surge_threshold", 1.0), ("anchor_rate", 1.5),
-                                         ("anchor_log_lr", -20.0)])
+                                         ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})
