@@ -210,23 +210,17 @@ class _Moments(NamedTuple):
     surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
 
 
-def _second_moment(gradient, state: State, config: FeatureConfig):
-    """(t, v, √v̂ + ε) after this step."""
+def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
+             statistics=None) -> _Moments:
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
     # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
     rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, t))) + config.epsilon
-    return t, v, rms
-
-
-def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             statistics=None) -> _Moments:
-    t, v, rms = _second_moment(gradient, state, config)
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
     if statistics is None:
-        statistics = _tensor_statistics(gradient, state, config, sampler)
+        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
     return _Moments(m, v, t, direction, rms, *statistics)
 
 
@@ -308,9 +302,12 @@ def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
 
 
-def _tensor_statistics(gradient, state: State, config: FeatureConfig, sampler: _Sampler
+def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler
                        ) -> tuple[tf.Tensor, tf.Tensor]:
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
+
+    `momentum` is the previous step's m, `rms` this step's √v̂ + ε (from `_moments`; sliced
+    here, which XLA fuses into computing them at the sampled coordinates only).
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
     keep going the same way (the step size could grow), negative after overshooting: the sign
@@ -319,11 +316,10 @@ def _tensor_statistics(gradient, state: State, config: FeatureConfig, sampler: _
     surge: ln of the mean of g²/v̂ over the tensor's finite coordinates (for `surge_gain`;
     0 when the guard is off).
     """
-    gradient, state = _sample(gradient, sampler), State(*(_sample(x, sampler) for x in state))
-    _, _, rms = _second_moment(gradient, state, config)
+    gradient, momentum, rms = (_sample(x, sampler) for x in (gradient, momentum, rms))
     finite = tf.math.is_finite(gradient)
     a = tf.where(finite, gradient / rms, tf.zeros_like(gradient))
-    b = tf.where(finite, state.m / rms, tf.zeros_like(state.m))
+    b = tf.where(finite, momentum / rms, tf.zeros_like(momentum))
     dot, aa, bb = (_tensor_sum(x, sampler) for x in (a * b, a * a, b * b))
     alignment = dot / tf.sqrt(aa * bb + 1e-30)
     if not config.surge_gain:
