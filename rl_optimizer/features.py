@@ -39,10 +39,13 @@ optimizer finds the scale of any problem in a few dozen steps, from where it sta
 wherever a schedule sets it, and needs no tuning. Two safeguards bound the controller where a
 one-step signal misleads it: the blow-up guard cuts the step size of a tensor whose gradients
 all grow past their running RMS at once, before the momentum turns; the anchor pulls step
-sizes that minibatch noise has annealed below `anchor_log_lr` (the shipped policy's: Adam's
-default, 1e-3) back towards it. The policy's action corrects each coordinate's increment from
-what its own gradient history shows: the zero action is the nominal controller, an
-Adam-direction optimizer that stays stable out of distribution (Harrison et al. 2022).
+sizes that minibatch noise has annealed below `anchor_log_lr` (the shipped policy's: 5e-3)
+back towards it. The shipped policy's β2 is 0.99, not Adam's 0.999: with a 1000-step memory,
+v̂ stays at early training's large gradients once a network's loss is near 0, the controller
+raises log_lr to make up for the small m̂/√v̂, and the steps are huge when the gradients
+return. The policy's action corrects each coordinate's increment from what its own gradient
+history shows: the zero action is the nominal controller, an Adam-direction optimizer that
+stays stable out of distribution (Harrison et al. 2022).
 
 Scale-free by construction: nothing the policy sees depends on the units of the parameters or
 of the loss. The observation holds normalised gradient and momentum (Andrychowicz et al. 2016),
