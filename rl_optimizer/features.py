@@ -374,12 +374,11 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     `center_action` or `max_spread` needs it."""
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
     action = _increment(action, moments.alignment, moments.surge, action_mean, config)
-    log_lr = state.log_lr + config.increment * action + _anchor_pull(state.log_lr, config)
+    log_lr = _stepped_log_lr(state.log_lr, action, config)
     if config.max_spread:
-        sampled_state_log_lr = _sample(state.log_lr, sampler)
-        sampled_log_lr = (sampled_state_log_lr + config.increment * _increment(
+        sampled_log_lr = _stepped_log_lr(_sample(state.log_lr, sampler), _increment(
             sampled_action, _sample(moments.alignment, sampler), _sample(moments.surge, sampler),
-            action_mean, config) + _anchor_pull(sampled_state_log_lr, config))
+            action_mean, config), config)
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
@@ -391,6 +390,11 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     update = tf.where(finite, update, tf.zeros_like(update))
     new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))
     return update, new_state
+
+
+def _stepped_log_lr(log_lr, increment, config: FeatureConfig):
+    """log_lr moved by `increment` (from `_increment`) and the anchor's pull, before bounds."""
+    return log_lr + config.increment * increment + _anchor_pull(log_lr, config)
 
 
 def _anchor_pull(log_lr, config: FeatureConfig):
