@@ -409,7 +409,8 @@ declare_bounds(
     increment=Bounds(gt=0.0), nominal_gain=Bounds(ge=0.0), max_spread=Bounds(ge=0.0),
     log_lr_min=Bounds(lt=0.0), log_lr_max=Bounds(gt=0.0), clip=Bounds(gt=0.0),
     epsilon=Bounds(gt=0.0), surge_gain=Bounds(ge=0.0), surge_threshold=Bounds(gt=1.0),
-    anchor_rate=Bounds(ge=0.0, le=1.0), anchor_log_lr=Bounds(le=0.0))
+    anchor_rate=Bounds(ge=0.0, le=1.0), anchor_log_lr=Bounds(le=0.0),
+    floor_alignment=Bounds(ge=0.0, le=1.0), floor_log_lr=Bounds(le=0.0))
 
 
 def to_dict(config) -> dict:

@@ -25,8 +25,9 @@ One step, given the gradient g of a coordinate in tensor T:
   5. log_lr ← clip(log_lr + increment·(clip(nominal_gain·alignment + a, ±1) − guard) + pull,
      log_lr_min, log_lr_max), where guard = surge_gain·max(0, ln(mean over T of g²/v̂) −
      ln surge_threshold) (the blow-up guard) and pull = anchor_rate·max(0, anchor_log_lr −
-     log_lr) (the anchor) (options: a centred over the tensor, `center_action`; log_lr kept
-     within `max_spread` of its tensor's mean);
+     log_lr) (the anchor); below floor_log_lr, log_lr falls only where alignment <
+     −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
+     log_lr kept within `max_spread` of its tensor's mean);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
 
 Where the scale comes from: the step size is state. It starts at `learning_rate` (the shipped
@@ -36,11 +37,14 @@ sign (Baydin et al. 2018): the alignment of the gradient with the momentum over 
 positive while steps keep their direction (too small), negative after overshooting (too large);
 minibatch noise, averaged over a tensor, does not hide it as it hides each coordinate's. So the
 optimizer finds the scale of any problem in a few dozen steps, from where it starts or
-wherever a schedule sets it, and needs no tuning. Two safeguards bound the controller where a
+wherever a schedule sets it, and needs no tuning. Three safeguards bound the controller where a
 one-step signal misleads it: the blow-up guard cuts the step size of a tensor whose gradients
 all grow past their running RMS at once, before the momentum turns; the anchor pulls step
 sizes that minibatch noise has annealed below `anchor_log_lr` (the shipped policy's: 5e-3)
-back towards it. The shipped policy's β2 is 0.99, not Adam's 0.999: with a 1000-step memory,
+back towards it; the noise floor holds them at `floor_log_lr` (the shipped policy's: 1.35e-3)
+unless the tensor clearly overshoots, as a deterministic problem whose steps are too large
+does (the alignment of minibatch noise is −0.02…−0.2, of an overshoot near −1). The shipped
+policy's β2 is 0.99, not Adam's 0.999: with a 1000-step memory,
 v̂ stays at early training's large gradients once a network's loss is near 0, the controller
 raises log_lr to make up for the small m̂/√v̂, and the steps are huge when the gradients
 return. The policy's action corrects each coordinate's increment from what its own gradient
@@ -85,9 +89,9 @@ CONTRACT_VERSION = 2
 the version it was trained with and loads only under the same one. (Sampling the statistics of
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
-version-2 policy trained on them stays valid. Nor did the blow-up guard and the anchor: off
-by default, so an older policy's `FeatureConfig` means what it meant; a policy that sets them
-fails to load in an older release, whose `FeatureConfig` does not know them.)"""
+version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
+noise floor: off by default, so an older policy's `FeatureConfig` means what it meant; a policy
+that sets them fails to load in an older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -133,6 +137,16 @@ class FeatureConfig:
     anchor_log_lr: float = 0.0
     """The log_lr below which `anchor_rate` pulls back (relative to `learning_rate`): within
     [log_lr_min, 0], at most where a fresh coordinate starts."""
+    floor_alignment: float = 0.0
+    """The noise floor: below `floor_log_lr`, log_lr falls only while the tensor alignment is
+    below −floor_alignment (a clear overshoot: a deterministic problem that oscillates has a
+    cosine near −1); otherwise it stays where it is (at the floor, if it came from above).
+    Under minibatch noise the alignment is the greedy one-step hypergradient, slightly negative
+    at every step size (−0.02…−0.2 on Keras networks), and it anneals step sizes far below
+    what a longer horizon wants (a small regression net's to 1/100 of tuned Adam's). 0: off."""
+    floor_log_lr: float = 0.0
+    """Where the noise floor (`floor_alignment`) holds log_lr, relative to `learning_rate`:
+    within [log_lr_min, 0]."""
     max_spread: float = 0.0
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
@@ -168,6 +182,12 @@ class FeatureConfig:
         if not self.log_lr_min < 0.0 < self.log_lr_max:
             raise ValueError("features.log_lr_min < 0 < features.log_lr_max must hold, got "
                              f"{self.log_lr_min}, {self.log_lr_max}")
+        if not 0.0 <= self.floor_alignment <= 1.0:
+            raise ValueError(
+                f"features.floor_alignment must be in [0, 1], got {self.floor_alignment}")
+        if not self.log_lr_min <= self.floor_log_lr <= 0.0:
+            raise ValueError("features.floor_log_lr must be within [log_lr_min, 0], got "
+                             f"{self.floor_log_lr}")
         if not self.log_lr_min <= self.anchor_log_lr <= 0.0:
             raise ValueError("features.anchor_log_lr must be within [log_lr_min, 0] (at most "
                              f"the start), got {self.anchor_log_lr}")
@@ -381,6 +401,13 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
             action_mean, config), config)
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
+    if config.floor_alignment:
+        # Below the floor, only an overshoot lowers log_lr: held at the floor coming from
+        # above, where it was coming from below.
+        held = tf.logical_and(log_lr < config.floor_log_lr,
+                              moments.alignment > -config.floor_alignment)
+        log_lr = tf.where(held, tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
+                          log_lr)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
     lr = config.learning_rate if learning_rate is None else learning_rate
     update = -lr * tf.exp(log_lr) * moments.direction

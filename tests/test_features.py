@@ -142,6 +142,24 @@ def test_anchor_pulls_annealed_step_sizes_back_up():
     assert np.all(free < -8.0) and np.all(anchored > -5.0)
 
 
+def test_noise_floor_holds_step_sizes_that_only_noise_anneals():
+    """Gradients with negatively correlated noise (alignment -0.1 on average, never below
+    -0.4) anneal the nominal controller's step sizes to log_lr_min; the noise floor holds them
+    at floor_log_lr. An overshoot (alternating gradients, alignment -1) still goes below it."""
+    xi = np.random.default_rng(0).normal(size=(101, 200))
+    noise = [xi[t + 1] - 0.2 * xi[t] for t in range(100)]
+    floored = FeatureConfig(floor_alignment=0.5, floor_log_lr=-1.0)
+    assert np.all(_log_lrs(noise, FeatureConfig()) < -8.0)
+    np.testing.assert_allclose(_log_lrs(noise, floored), -1.0)
+    alternating = [np.array([1.0, -2.0, 0.5]) * (-1) ** t for t in range(40)]
+    assert np.all(_log_lrs(alternating, floored) == floored.log_lr_min)
+    # Coming from below (an overshoot took it there), the floor only stops it falling further.
+    state = features.init_state([200])._replace(log_lr=tf.fill([200], -3.0))
+    for g in noise[:20]:
+        _, state = features.step(_zero_actor, tf.constant(g, tf.float32), state, floored)
+    assert np.all(state.log_lr.numpy() >= -3.0)
+
+
 def test_alignment_is_per_tensor():
     """Segments: each tensor's step size follows its own alignment, not its neighbour's."""
     gradients = [np.array([1.0, 2.0, (-1.0) ** t, -(-1.0) ** t], np.float32) for t in range(8)]
@@ -230,7 +248,9 @@ def test_scale_free():
                                          ("increment", 0.0), ("nominal_gain", -1.0),
                                          ("max_spread", -1.0), ("surge_gain", -1.0),
                                          ("surge_threshold", 1.0), ("anchor_rate", 1.5),
-                                         ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5)])
+                                         ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5),
+                                         ("floor_alignment", -0.1), ("floor_alignment", 1.5),
+                                         ("floor_log_lr", 0.5), ("floor_log_lr", -20.0)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         FeatureConfig(**{field: value})
@@ -270,7 +290,7 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True),
     FeatureConfig(center_action=True, max_spread=0.5),
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
-                  anchor_rate=0.05, anchor_log_lr=-0.5)])
+                  anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),
