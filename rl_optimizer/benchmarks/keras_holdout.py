@@ -95,35 +95,48 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
+def parse_arguments(argv, description: str, tasks: dict, seeds: str, quick: dict
+                    ) -> tuple[argparse.Namespace, list[str], list[int]]:
+    """The Keras benchmarks' command line: (args, task names, seeds), bad values named.
+
+    `tasks`: name → Task to choose from; `seeds`: the default of --seeds; `quick`: the
+    attributes --quick sets (its smallest setting)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--policy", default="default",
+                        help="'default', 'nominal' or an exported policy's path")
+    parser.add_argument("--tasks", default=",".join(tasks),
+                        help=f"comma-separated, some of {', '.join(tasks)}")
+    parser.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default {seeds})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every task (default: each task's own)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest setting (seconds): " + ", ".join(
+                            f"{key} {value}" for key, value in quick.items()))
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tasks]
+    if unknown or not names:
+        parser.error(f"unknown task(s) {unknown}; expected some of {list(tasks)}")
+    try:
+        seed_list = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not seed_list:
+        parser.error("--seeds names no seed")
+    return args, names, seed_list
+
+
 def main(argv: list[str] | None = None) -> int:
     from rl_optimizer.keras_optimizer import LearnedOptimizer
     from rl_optimizer.policy import load_policy
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="default",
-                        help="'default', 'nominal' or an exported policy's path")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help=f"comma-separated, some of {', '.join(TASKS)}")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of every task (default: each task's own)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smallest setting (seconds): iris_mlp for 2 epochs")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.tasks, args.epochs = "iris_mlp", 2
-    if args.epochs is not None and args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        parser.error(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if not seeds:
-        parser.error("--seeds names no seed")
+    args, names, seeds = parse_arguments(argv, __doc__.splitlines()[0], TASKS, "0",
+                                         {"tasks": "iris_mlp", "epochs": 2})
     policy = load_policy(args.policy)
     wins = {}
     for seed in seeds:
