@@ -402,11 +402,10 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
     if config.floor_alignment:
-        # Below the floor, only an overshoot lowers log_lr: held at the floor coming from
-        # above, where it was coming from below.
-        held = tf.logical_and(log_lr < config.floor_log_lr,
-                              moments.alignment > -config.floor_alignment)
-        log_lr = tf.where(held, tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
+        # Unless it overshoots, log_lr stops at the floor coming from above, and where it was
+        # coming from below (above the floor, the max leaves it as it is).
+        log_lr = tf.where(moments.alignment > -config.floor_alignment,
+                          tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
                           log_lr)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
     lr = config.learning_rate if learning_rate is None else learning_rate
