@@ -6,16 +6,17 @@ Unknown keys, ill-typed and out-of-range values, and YAML syntax errors are `Con
 naming the key (`agent.actor_lr`) or the file, line and column, and what is allowed. The
 embedded default is `rl_optimizer/configs/default.yaml`.
 
-Every numeric field declares its range once, where it is defined (`bounded(default, ge=1)`),
-or for a dataclass defined elsewhere in `declare_bounds`; one checker (`check_values`) walks
-them, both when a config is read and when a dataclass is built in Python. A numeric field
-without a range fails `tests/test_config.py`.
+Every numeric field declares its range once, where it is defined (`bounded(default, ge=1)`,
+here and in `FeatureConfig`), or for a dataclass defined outside the package in
+`declare_bounds`; one checker (`check_values`) walks them, both when a config is read and when
+a dataclass is built in Python. The mechanism lives in `rl_optimizer.bounds` (which imports
+nothing from the package, so `features.py` can use it) and is re-exported here. A numeric
+field without a range fails `tests/test_config.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
@@ -23,6 +24,15 @@ from typing import Any
 
 import yaml
 
+from rl_optimizer.bounds import (  # noqa: F401  (re-exported: part of this module's names)
+    Bounds,
+    ConfigError,
+    bounded,
+    bounds_of,
+    check_bounds,
+    check_values,
+    declare_bounds,
+)
 from rl_optimizer.features import FeatureConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
@@ -30,91 +40,6 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
 
 SEED_MAX = 2**32 - 1
 """numpy's legacy seeding (which `tf.keras.utils.set_random_seed` calls) takes [0, 2**32)."""
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key or the file position."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Bounds:
-    """The allowed range of a numeric field (of each element, for a tuple of numbers).
-
-    Floats must also be finite. None (for an optional field) is always allowed.
-    """
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def contains(self, value) -> bool:
-        # Every comparison with NaN is False, so NaN fails each bound, as ±inf fails `isfinite`.
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-
-    def __str__(self) -> str:
-        def text(v):  # integers in full (a seed's bound), floats short
-            return str(v) if isinstance(v, int) else f"{v:g}"
-
-        low = (f"[{text(self.ge)}" if self.ge is not None else
-               f"({text(self.gt)}" if self.gt is not None else None)
-        high = (f"{text(self.le)}]" if self.le is not None else
-                f"{text(self.lt)})" if self.lt is not None else None)
-        if low and high:
-            return f"in {low}, {high}"
-        if low:
-            return (">= " if low[0] == "[" else "> ") + low[1:]
-        if high:
-            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
-        return "finite"
-
-
-_BOUNDS_KEY = "bounds"
-_DECLARED: dict[type, dict[str, Bounds]] = {}
-
-
-def bounded(default, **bounds) -> Any:
-    """A dataclass field with `default` and a range (`ge`, `gt`, `le`, `lt`, as in `Bounds`)."""
-    return dataclasses.field(default=default, metadata={_BOUNDS_KEY: Bounds(**bounds)})
-
-
-def declare_bounds(cls: type, **bounds: Bounds) -> None:
-    """Ranges for the fields of a dataclass defined outside this module (name → `Bounds`)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(bounds) - names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
-    _DECLARED.setdefault(cls, {}).update(bounds)
-
-
-def bounds_of(cls: type) -> dict[str, Bounds]:
-    """Field name → `Bounds` for every field of `cls` that declares a range."""
-    found = {f.name: f.metadata[_BOUNDS_KEY] for f in dataclasses.fields(cls)
-             if _BOUNDS_KEY in f.metadata}
-    return {**found, **_DECLARED.get(cls, {})}
-
-
-def check_values(cls: type, values: dict, where: str) -> None:
-    """Raises `ConfigError` naming `where.key` for any value outside its field's range."""
-    for name, bounds in bounds_of(cls).items():
-        if name not in values or values[name] is None:
-            continue
-        value = values[name]
-        items = enumerate(value) if isinstance(value, tuple | list) else [(None, value)]
-        for i, item in items:
-            if not bounds.contains(item):
-                key = f"{where}.{name}" if where else name
-                key += "" if i is None else f"[{i}]"
-                raise ConfigError(f"{key}: must be {bounds}, got {item!r}")
-
-
-def check_bounds(self) -> None:
-    """`__post_init__` of a config dataclass: its fields' ranges, named by class and field."""
-    check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                 type(self).__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,16 +326,6 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         _set(data, key.strip(), _parse_yaml(raw, f"--set {item!r}"))
     return from_dict(Config, data)
-
-
-declare_bounds(
-    FeatureConfig,
-    beta1=Bounds(ge=0.0, lt=1.0), beta2=Bounds(ge=0.0, lt=1.0), learning_rate=Bounds(gt=0.0),
-    increment=Bounds(gt=0.0), nominal_gain=Bounds(ge=0.0), max_spread=Bounds(ge=0.0),
-    log_lr_min=Bounds(lt=0.0), log_lr_max=Bounds(gt=0.0), clip=Bounds(gt=0.0),
-    epsilon=Bounds(gt=0.0), surge_gain=Bounds(ge=0.0), surge_threshold=Bounds(gt=1.0),
-    anchor_rate=Bounds(ge=0.0, le=1.0), anchor_log_lr=Bounds(le=0.0),
-    floor_alignment=Bounds(ge=0.0, le=1.0), floor_log_lr=Bounds(le=0.0))
 
 
 def to_dict(config) -> dict:

@@ -71,6 +71,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from rl_optimizer.bounds import bounded, check_bounds
+
 STATE_SIZE = 5
 """S: float32 numbers of optimizer state per coordinate (m, v, log_lr, action, t)."""
 
@@ -100,15 +102,15 @@ _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 class FeatureConfig:
     """Constants of the feature and update rule; a policy is valid only with its own."""
 
-    beta1: float = 0.9
+    beta1: float = bounded(0.9, ge=0.0, lt=1.0)
     """Decay of the gradient average m."""
-    beta2: float = 0.999
+    beta2: float = bounded(0.999, ge=0.0, lt=1.0)
     """Decay of the squared-gradient average v."""
-    learning_rate: float = 1e-3
+    learning_rate: float = bounded(1e-3, gt=0.0)
     """Step size of a fresh coordinate (log_lr = 0): Adam's default."""
-    increment: float = 0.3
+    increment: float = bounded(0.3, gt=0.0)
     """Largest change of log_lr in one step."""
-    nominal_gain: float = 3.0
+    nominal_gain: float = bounded(3.0, ge=0.0)
     """The nominal controller: log_lr's increment, in units of `increment`, per unit of tensor
     alignment, to which the policy's action adds its correction (0: the policy alone)."""
     center_action: bool = False
@@ -117,7 +119,7 @@ class FeatureConfig:
     controller's alone. (A policy trained without it learned an action negative almost
     everywhere, which under minibatch noise shrank every step size to `log_lr_min`.) The
     shipped config sets it."""
-    surge_gain: float = 0.0
+    surge_gain: float = bounded(0.0, ge=0.0)
     """The blow-up guard: where the mean of g²/v̂ over a tensor (its gradients' size now
     against their running mean square, about 1 in a steady state) exceeds `surge_threshold`,
     log_lr's increment falls by surge_gain·ln(mean / surge_threshold), in units of `increment`
@@ -126,71 +128,47 @@ class FeatureConfig:
     basin (BatchNorm's scale in a CNN whose loss is near 0 did so, step sizes grown on a
     gradient direction that stayed the same); the alignment sees it only after the momentum
     turns. 0: off."""
-    surge_threshold: float = 2.0
+    surge_threshold: float = bounded(2.0, gt=1.0)
     """Where the blow-up guard starts (see `surge_gain`); > 1."""
-    anchor_rate: float = 0.0
+    anchor_rate: float = bounded(0.0, ge=0.0, le=1.0)
     """The pull of log_lr back up to `anchor_log_lr` from below: log_lr rises by anchor_rate
     times its distance under the anchor each step. Under minibatch noise the alignment is
     the greedy, one-step hypergradient, biased towards small steps (Wu et al. 2018); without
     a pull it anneals step sizes to `log_lr_min` (a Dropout MLP's biases did in ~300 steps).
     Above the anchor it does nothing. 0: off."""
-    anchor_log_lr: float = 0.0
+    anchor_log_lr: float = bounded(0.0, le=0.0)
     """The log_lr below which `anchor_rate` pulls back (relative to `learning_rate`): within
     [log_lr_min, 0], at most where a fresh coordinate starts."""
-    floor_alignment: float = 0.0
+    floor_alignment: float = bounded(0.0, ge=0.0, le=1.0)
     """The noise floor: below `floor_log_lr`, log_lr falls only while the tensor alignment is
     below −floor_alignment (a clear overshoot: a deterministic problem that oscillates has a
     cosine near −1); otherwise it stays where it is (at the floor, if it came from above).
     Under minibatch noise the alignment is the greedy one-step hypergradient, slightly negative
     at every step size (−0.02…−0.2 on Keras networks), and it anneals step sizes far below
     what a longer horizon wants (a small regression net's to 1/100 of tuned Adam's). 0: off."""
-    floor_log_lr: float = 0.0
+    floor_log_lr: float = bounded(0.0, le=0.0)
     """Where the noise floor (`floor_alignment`) holds log_lr, relative to `learning_rate`:
     within [log_lr_min, 0]."""
-    max_spread: float = 0.0
+    max_spread: float = bounded(0.0, ge=0.0)
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
     coordinates of a tensor and lowering others spreads their step sizes without bound.
     0: unbounded (the shipped policy's setting)."""
-    log_lr_min: float = -9.0
+    log_lr_min: float = bounded(-9.0, lt=0.0)
     """Smallest log_lr (the step size relative to `learning_rate`)."""
-    log_lr_max: float = 7.0
+    log_lr_max: float = bounded(7.0, gt=0.0)
     """Largest log_lr."""
-    clip: float = 5.0
+    clip: float = bounded(5.0, gt=0.0)
     """Bound on the normalised direction m/√v and on each observation feature."""
-    epsilon: float = 1e-12
+    epsilon: float = bounded(1e-12, gt=0.0)
     """Added to √v̂ so a coordinate with zero gradients takes zero steps."""
 
     def __post_init__(self):
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"features.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.nominal_gain < 0:
-            raise ValueError(f"features.nominal_gain must be >= 0, got {self.nominal_gain}")
-        if self.surge_gain < 0:
-            raise ValueError(f"features.surge_gain must be >= 0, got {self.surge_gain}")
-        if not self.surge_threshold > 1.0:
-            raise ValueError(
-                f"features.surge_threshold must be > 1, got {self.surge_threshold}")
-        if not 0.0 <= self.anchor_rate <= 1.0:
-            raise ValueError(f"features.anchor_rate must be in [0, 1], got {self.anchor_rate}")
-        if self.max_spread < 0:
-            raise ValueError(f"features.max_spread must be >= 0, got {self.max_spread}")
-        for name in ("learning_rate", "increment", "clip", "epsilon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"features.{name} must be > 0, got {getattr(self, name)}")
-        if not self.log_lr_min < 0.0 < self.log_lr_max:
-            raise ValueError("features.log_lr_min < 0 < features.log_lr_max must hold, got "
-                             f"{self.log_lr_min}, {self.log_lr_max}")
-        if not 0.0 <= self.floor_alignment <= 1.0:
-            raise ValueError(
-                f"features.floor_alignment must be in [0, 1], got {self.floor_alignment}")
-        if not self.log_lr_min <= self.floor_log_lr <= 0.0:
-            raise ValueError("features.floor_log_lr must be within [log_lr_min, 0], got "
-                             f"{self.floor_log_lr}")
-        if not self.log_lr_min <= self.anchor_log_lr <= 0.0:
-            raise ValueError("features.anchor_log_lr must be within [log_lr_min, 0] (at most "
-                             f"the start), got {self.anchor_log_lr}")
+        check_bounds(self)
+        for name in ("anchor_log_lr", "floor_log_lr"):  # each also <= 0, by its own range
+            if getattr(self, name) < self.log_lr_min:
+                raise ValueError(f"FeatureConfig.{name}: must be within [log_lr_min, 0] = "
+                                 f"[{self.log_lr_min:g}, 0], got {getattr(self, name)!r}")
 
     @property
     def max_update(self) -> float:

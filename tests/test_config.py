@@ -155,6 +155,8 @@ NUMERIC_FIELDS = list(_numeric_fields(Config))
 
 def test_every_numeric_field_declares_a_range():
     assert len(NUMERIC_FIELDS) > 30  # the walk reaches every section, the mix and features
+    walked = {cls.__name__ for cls, *_ in NUMERIC_FIELDS}
+    assert {"FamilySpec", "FeatureConfig", "DistributedConfig"} <= walked
     assert _unbounded(Config) == [], "declare a range: bounded(default, ge=...) / declare_bounds"
 
 
@@ -191,6 +193,21 @@ def test_out_of_range_values_are_refused_naming_the_key(cls, name, kind, path, k
 
 def _escape(key: str) -> str:
     return key.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")
+
+
+def test_a_feature_range_is_checked_in_python_and_in_a_config_by_one_declaration():
+    from rl_optimizer.features import FeatureConfig
+
+    assert bounds_of(FeatureConfig)["beta1"] == Bounds(ge=0.0, lt=1.0)
+    with pytest.raises(ConfigError, match=r"^FeatureConfig\.beta1: must be in \[0, 1\), got 1\.5"):
+        FeatureConfig(beta1=1.5)
+    with pytest.raises(ConfigError, match=r"^features\.beta1: must be in \[0, 1\), got 1\.5"):
+        load_config(None, overrides=["features.beta1=1.5"])
+    # The one cross-field range, checked by hand, names the field on both paths too.
+    with pytest.raises(ValueError, match=r"^FeatureConfig\.floor_log_lr: must be within"):
+        FeatureConfig(log_lr_min=-2.0, floor_log_lr=-3.0)
+    with pytest.raises(ConfigError, match=r"^features: FeatureConfig\.floor_log_lr: must be"):
+        load_config(None, overrides=["features.log_lr_min=-2", "features.floor_log_lr=-3"])
 
 
 def test_a_dataclass_built_in_python_is_checked_too():

@@ -252,8 +252,15 @@ def test_scale_free():
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0)])
 def test_bad_config_names_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
         FeatureConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["log_lr_min", "log_lr_max", "nominal_gain", "clip"])
+def test_non_finite_config_values_are_refused(field):
+    for value in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
+            FeatureConfig(**{field: value})
 
 
 def _numpy_alignment(g, m, v, t, config, picked):
