@@ -8,9 +8,8 @@
 `check_values` checks a mapping of values against a dataclass's ranges and names the culprit
 `where.field` (`features.beta1`, when `config.load_config` reads a config); `check_bounds`, as a
 dataclass's `__post_init__`, names it by class (`FeatureConfig.beta1`) when it is built in
-Python. `declare_bounds` gives ranges to a dataclass that cannot use `bounded` (one defined
-outside this package). The module imports nothing from the package, so any module can declare
-its ranges with it (`features.py` does; `config.py` imports `features.py` and re-exports this).
+Python. The module imports nothing from the package, so any module can declare its ranges
+with it (`features.py` does; `config.py` imports `features.py` and re-exports this).
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ class Bounds:
 
 
 _BOUNDS_KEY = "bounds"
-_DECLARED: dict[type, dict[str, Bounds]] = {}
 
 
 def bounded(default, **bounds) -> Any:
@@ -69,20 +67,10 @@ def bounded(default, **bounds) -> Any:
     return dataclasses.field(default=default, metadata={_BOUNDS_KEY: Bounds(**bounds)})
 
 
-def declare_bounds(cls: type, **bounds: Bounds) -> None:
-    """Ranges for the fields of a dataclass that cannot use `bounded` (name → `Bounds`)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(bounds) - names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
-    _DECLARED.setdefault(cls, {}).update(bounds)
-
-
 def bounds_of(cls: type) -> dict[str, Bounds]:
     """Field name → `Bounds` for every field of `cls` that declares a range."""
-    found = {f.name: f.metadata[_BOUNDS_KEY] for f in dataclasses.fields(cls)
-             if _BOUNDS_KEY in f.metadata}
-    return {**found, **_DECLARED.get(cls, {})}
+    return {f.name: f.metadata[_BOUNDS_KEY] for f in dataclasses.fields(cls)
+            if _BOUNDS_KEY in f.metadata}
 
 
 def check_values(cls: type, values: dict, where: str) -> None:

@@ -7,11 +7,10 @@ naming the key (`agent.actor_lr`) or the file, line and column, and what is allo
 embedded default is `rl_optimizer/configs/default.yaml`.
 
 Every numeric field declares its range once, where it is defined (`bounded(default, ge=1)`,
-here and in `FeatureConfig`), or for a dataclass defined outside the package in
-`declare_bounds`; one checker (`check_values`) walks them, both when a config is read and when
-a dataclass is built in Python. The mechanism lives in `rl_optimizer.bounds` (which imports
-nothing from the package, so `features.py` can use it) and is re-exported here. A numeric
-field without a range fails `tests/test_config.py`.
+here and in `FeatureConfig`); one checker (`check_values`) walks them, both when a config is
+read and when a dataclass is built in Python. The mechanism lives in `rl_optimizer.bounds`
+(which imports nothing from the package, so `features.py` can use it) and is re-exported here.
+A numeric field without a range fails `tests/test_config.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from rl_optimizer.bounds import (  # noqa: F401  (re-exported: part of this modu
     bounds_of,
     check_bounds,
     check_values,
-    declare_bounds,
 )
 from rl_optimizer.features import FeatureConfig
 

@@ -157,7 +157,7 @@ def test_every_numeric_field_declares_a_range():
     assert len(NUMERIC_FIELDS) > 30  # the walk reaches every section, the mix and features
     walked = {cls.__name__ for cls, *_ in NUMERIC_FIELDS}
     assert {"FamilySpec", "FeatureConfig", "DistributedConfig"} <= walked
-    assert _unbounded(Config) == [], "declare a range: bounded(default, ge=...) / declare_bounds"
+    assert _unbounded(Config) == [], "declare a range: bounded(default, ge=...)"
 
 
 def test_the_walk_catches_a_field_without_a_range():
