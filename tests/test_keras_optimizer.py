@@ -273,6 +273,26 @@ def test_monitor_writes_optimizer_statistics(exported_policy, tmp_path):
     assert 0 < statistics["update_gradient_ratio"] < np.inf
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_statistics_of_a_large_variable_estimate_its_norms(exported_policy, jit_compile):
+    """Over features.STATISTICS_SAMPLE coordinates, the norms come from the statistics' sample
+    stepped alone: they must match the update the variable took and its gradient."""
+    optimizer = LearnedOptimizer(exported_policy, jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    shape = (96, 512)  # 49152 coordinates: a sample of every 12th
+    variable = tf.Variable(rng.normal(size=shape).astype(np.float32))
+    for scale in (1.0, 0.3, 2.0):  # three steps: a state that is not a fresh coordinate's
+        gradient = tf.constant(scale * rng.normal(size=shape).astype(np.float32)
+                               * np.linspace(0.1, 3.0, shape[1], dtype=np.float32))
+        before = variable.numpy()
+        optimizer.apply_gradients([(gradient, variable)])
+    update_sq, gradient_sq = optimizer.statistics.numpy()
+    exact_update_sq = np.sum(np.square(variable.numpy().astype(np.float64) - before))
+    exact_gradient_sq = np.sum(np.square(gradient.numpy().astype(np.float64)))
+    assert update_sq == pytest.approx(exact_update_sq, rel=0.05)
+    assert gradient_sq == pytest.approx(exact_gradient_sq, rel=0.05)
+
+
 def test_learning_rate_multiplies_the_step(exported_policy):
     """learning_rate is the step's multiplier: features.step with it, round-tripped by config."""
     policy = load_policy(exported_policy)
