@@ -33,3 +33,14 @@ def test_benchmark_runs_quick(name):
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert FIGURE.search(result.stdout), f"no `name: value` line in:\n{result.stdout[-3000:]}"
+
+
+@pytest.mark.slow
+def test_keras_holdout_compares_with_tuned_adam(capsys):
+    from rl_optimizer.benchmarks import keras_holdout
+
+    keras_holdout.main(["--quick", "--tuned"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.search(r"Adam\(tuned [0-9.e-]+\) \S+: (win|loss)$", lines[0]), lines
+    assert re.fullmatch(r"wins_vs_adam_tuned: [01]/1", lines[-2]), lines
+    assert re.fullmatch(r"wins_vs_adam_default: [01]/1", lines[-1]), lines

@@ -13,6 +13,11 @@ training loss. Each seed draws other initial weights, data splits and minibatch 
 seed decides a task by one trajectory, and a CNN with BatchNorm can blow up on one seed and
 not the next. The last line is `wins_vs_adam_default: K/N` over every seed and task (with
 more than one seed, a line per seed comes before it).
+
+With --tuned, Adam with its learning rate tuned as the suite tunes it (over
+`keras_tasks.ADAM_GRID`, on final training loss from initialisation seed + 1) is compared
+too, and `wins_vs_adam_tuned: K/N` comes before that line (five more trainings per task and
+seed).
 """
 
 from __future__ import annotations
@@ -95,13 +100,17 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
-def parse_arguments(argv, description: str, tasks: dict, seeds: str, quick: dict
+def parse_arguments(argv, description: str, tasks: dict, seeds: str, quick: dict,
+                    flags: dict[str, str] | None = None
                     ) -> tuple[argparse.Namespace, list[str], list[int]]:
     """The Keras benchmarks' command line: (args, task names, seeds), bad values named.
 
     `tasks`: name → Task to choose from; `seeds`: the default of --seeds; `quick`: the
-    attributes --quick sets (its smallest setting)."""
+    attributes --quick sets (its smallest setting); `flags`: more on/off options, name →
+    help."""
     parser = argparse.ArgumentParser(description=description)
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("--policy", default="default",
                         help="'default', 'nominal' or an exported policy's path")
     parser.add_argument("--tasks", default=",".join(tasks),
@@ -135,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     from rl_optimizer.keras_optimizer import LearnedOptimizer
     from rl_optimizer.policy import load_policy
 
-    args, names, seeds = parse_arguments(argv, __doc__.splitlines()[0], TASKS, "0",
-                                         {"tasks": "iris_mlp", "epochs": 2})
+    args, names, seeds = parse_arguments(
+        argv, __doc__.splitlines()[0], TASKS, "0", {"tasks": "iris_mlp", "epochs": 2},
+        {"--tuned": "also against Adam with its learning rate tuned (five more trainings "
+                    "per task and seed)"})
     policy = load_policy(args.policy)
-    wins = {}
+    wins, tuned_wins = {}, {}
     for seed in seeds:
-        wins[seed] = 0
+        wins[seed] = tuned_wins[seed] = 0
         for name in names:
             task = TASKS[name]
             data = task.data(seed)
@@ -149,14 +160,27 @@ def main(argv: list[str] | None = None) -> int:
             adam = kt.train(task, tf.keras.optimizers.Adam(), epochs, seed, data)
             win = kt.beats(learned, adam)
             wins[seed] += win
-            print(f"{f'seed {seed} ' if len(seeds) > 1 else ''}{name}: learned "
-                  f"{learned['final_loss']:.4g} ({task.metric} {learned['test_metric']:.3f}"
-                  f"{', diverged' if learned['diverged'] else ''}), Adam() "
-                  f"{adam['final_loss']:.4g} ({task.metric} {adam['test_metric']:.3f}): "
-                  f"{'win' if win else 'loss'}", flush=True)
+            line = (f"{f'seed {seed} ' if len(seeds) > 1 else ''}{name}: learned "
+                    f"{learned['final_loss']:.4g} ({task.metric} {learned['test_metric']:.3f}"
+                    f"{', diverged' if learned['diverged'] else ''}), Adam() "
+                    f"{adam['final_loss']:.4g} ({task.metric} {adam['test_metric']:.3f}): "
+                    f"{'win' if win else 'loss'}")
+            if args.tuned:
+                rate, _ = kt.tune(task, tf.keras.optimizers.Adam, epochs, kt.ADAM_GRID,
+                                  seed + 1, data)
+                tuned = kt.train(task, tf.keras.optimizers.Adam(rate), epochs, seed, data)
+                tuned_win = kt.beats(learned, tuned)
+                tuned_wins[seed] += tuned_win
+                line += (f"; Adam(tuned {rate:g}) {tuned['final_loss']:.4g}: "
+                         f"{'win' if tuned_win else 'loss'}")
+            print(line, flush=True)
     if len(seeds) > 1:
         for seed, count in wins.items():
             print(f"wins_vs_adam_default_seed_{seed}: {count}/{len(names)}")
+            if args.tuned:
+                print(f"wins_vs_adam_tuned_seed_{seed}: {tuned_wins[seed]}/{len(names)}")
+    if args.tuned:
+        print(f"wins_vs_adam_tuned: {sum(tuned_wins.values())}/{len(names) * len(seeds)}")
     print(f"wins_vs_adam_default: {sum(wins.values())}/{len(names) * len(seeds)}")
     return 0
 
