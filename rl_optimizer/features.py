@@ -206,7 +206,7 @@ class _Moments(NamedTuple):
     v: tf.Tensor
     t: tf.Tensor
     direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
-    inverse_rms: tf.Tensor  # 1 / (√v̂ + ε)
+    rms: tf.Tensor  # √v̂ + ε
     alignment: tf.Tensor  # see `_tensor_statistics`
     surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
 
@@ -215,16 +215,14 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
              statistics=None) -> _Moments:
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
-    # Adam's bias correction (Kingma & Ba 2015, Algorithm 1). One division per coordinate,
-    # then products: a division costs some ten multiplications (the Keras step is compute-bound).
-    rms = tf.sqrt(v * (1.0 / (1.0 - tf.pow(config.beta2, t)))) + config.epsilon
-    inverse_rms = 1.0 / rms
+    # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
+    rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, t))) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
-    m_hat = m * (1.0 / (1.0 - tf.pow(config.beta1, t)))
-    direction = tf.clip_by_value(m_hat * inverse_rms, -config.clip, config.clip)
+    m_hat = m / (1.0 - tf.pow(config.beta1, t))
+    direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
     if statistics is None:
-        statistics = _tensor_statistics(gradient, state.m, inverse_rms, config, sampler)
-    return _Moments(m, v, t, direction, inverse_rms, *statistics)
+        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
+    return _Moments(m, v, t, direction, rms, *statistics)
 
 
 class Segments(NamedTuple):
@@ -289,13 +287,6 @@ def _sample(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return tf.reshape(x, [-1])[::sampler.stride]
 
 
-def statistics_sample(x: tf.Tensor) -> tf.Tensor:
-    """The coordinates of one tensor `x` that its per-tensor statistics use, flat (all of them
-    up to `STATISTICS_SAMPLE`). `step` on these coordinates alone (their gradient and state)
-    gives the updates it gives them in the whole tensor: the sample's statistics are its own."""
-    return tf.reshape(_sample(x, _sampler(x, None)), [-1])
-
-
 def _tensor_sum(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     """Each coordinate's sum of the sampled `x` (from `_sample`) over its tensor's sample."""
     if sampler.segments is None:
@@ -312,11 +303,11 @@ def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
 
 
-def _tensor_statistics(gradient, momentum, inverse_rms, config: FeatureConfig, sampler: _Sampler
+def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler
                        ) -> tuple[tf.Tensor, tf.Tensor]:
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
-    `momentum` is the previous step's m, `inverse_rms` this step's 1 / (√v̂ + ε) (from `_moments`; sliced
+    `momentum` is the previous step's m, `rms` this step's √v̂ + ε (from `_moments`; sliced
     here, which XLA fuses into computing them at the sampled coordinates only).
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
@@ -326,11 +317,10 @@ def _tensor_statistics(gradient, momentum, inverse_rms, config: FeatureConfig, s
     surge: ln of the mean of g²/v̂ over the tensor's finite coordinates (for `surge_gain`;
     0 when the guard is off).
     """
-    gradient, momentum, inverse_rms = (_sample(x, sampler)
-                                       for x in (gradient, momentum, inverse_rms))
+    gradient, momentum, rms = (_sample(x, sampler) for x in (gradient, momentum, rms))
     finite = tf.math.is_finite(gradient)
-    a = tf.where(finite, gradient * inverse_rms, tf.zeros_like(gradient))
-    b = tf.where(finite, momentum * inverse_rms, tf.zeros_like(momentum))
+    a = tf.where(finite, gradient / rms, tf.zeros_like(gradient))
+    b = tf.where(finite, momentum / rms, tf.zeros_like(momentum))
     dot, aa, bb = (_tensor_sum(x, sampler) for x in (a * b, a * a, b * b))
     alignment = dot / tf.sqrt(aa * bb + 1e-30)
     if not config.surge_gain:
@@ -343,7 +333,7 @@ def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) 
     c = config.clip
     ones = tf.ones_like(gradient)
     columns = [
-        tf.clip_by_value(gradient * moments.inverse_rms, -c, c),
+        tf.clip_by_value(gradient / moments.rms, -c, c),
         moments.direction,
         # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
         tf.sign(gradient) * tf.sign(state.m),
