@@ -70,6 +70,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # whether a graph is compiled by XLA
 
 from rl_optimizer.bounds import bounded, check_bounds
 
@@ -250,13 +251,21 @@ class _Sampler(NamedTuple):
     """Which coordinates the per-tensor statistics use (see `STATISTICS_SAMPLE`).
 
     Without segments the statistics' inputs are sliced to the sampled coordinates, and what
-    they need is computed on those alone; with segments every coordinate is kept and `weight`
-    (1 where sampled, else 0) selects them in the per-segment sums.
+    they need is computed on those alone; with segments, or under XLA for a tensor whose size
+    is known only when the step runs (a sparse gradient's rows: XLA takes no stride that is
+    not a constant), every coordinate is kept and `weight` (1 where sampled, else 0) selects
+    them in the sums.
     """
 
     segments: Segments | None
-    stride: int | tf.Tensor | None = None  # without segments: the flat stride
-    weight: tf.Tensor | None = None  # with segments
+    stride: int | tf.Tensor | None = None  # without segments, and without weight
+    weight: tf.Tensor | None = None
+
+
+def in_xla_context() -> bool:
+    """Whether the graph being built is compiled by XLA (e.g. a Keras model's train step
+    under `jit_compile=True`), where every shape must be known when it compiles."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _stride(size):
@@ -267,9 +276,13 @@ def _sampler(gradient: tf.Tensor, segments: Segments | None) -> _Sampler:
     """Made once per step and passed to every statistic of it."""
     if segments is None:
         size = gradient.shape.num_elements()
-        if size is None:
-            return _Sampler(None, tf.maximum(_stride(tf.size(gradient)), 1))
-        return _Sampler(None, max(_stride(size), 1))
+        if size is not None:
+            return _Sampler(None, max(_stride(size), 1))
+        stride = tf.maximum(_stride(tf.size(gradient)), 1)
+        if not in_xla_context():
+            return _Sampler(None, stride)
+        index = tf.reshape(tf.range(tf.size(gradient)), tf.shape(gradient))
+        return _Sampler(None, weight=tf.cast(index % stride == 0, tf.float32))
     ids = segments.ids
     index = tf.reshape(tf.range(tf.size(ids)), tf.shape(ids))
     first = tf.gather(tf.math.unsorted_segment_min(index, ids, segments.count), ids)
@@ -280,7 +293,7 @@ def _sampler(gradient: tf.Tensor, segments: Segments | None) -> _Sampler:
 
 def _sample(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     """The coordinates of `x` (the gradient's shape, or a scalar) the statistics use."""
-    if sampler.segments is not None or x.shape.rank == 0:
+    if sampler.weight is not None or x.shape.rank == 0:
         return x
     if isinstance(sampler.stride, int) and sampler.stride == 1:
         return x
@@ -290,7 +303,9 @@ def _sample(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
 def _tensor_sum(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     """Each coordinate's sum of the sampled `x` (from `_sample`) over its tensor's sample."""
     if sampler.segments is None:
-        return tf.reduce_sum(x)
+        if sampler.weight is None:
+            return tf.reduce_sum(x)
+        return tf.reduce_sum(x * tf.cast(sampler.weight, x.dtype))
     segments = sampler.segments
     return tf.gather(tf.math.unsorted_segment_sum(x * tf.cast(sampler.weight, x.dtype),
                                                   segments.ids, segments.count), segments.ids)
@@ -298,7 +313,7 @@ def _tensor_sum(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
 
 def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     """Each coordinate's mean of the sampled `x` (from `_sample`) over its tensor's sample."""
-    if sampler.segments is None:
+    if sampler.weight is None:
         return tf.reduce_mean(x)
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
 
@@ -437,7 +452,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
     action = actor(_features(gradient, state, moments, config))
     sampled = None
     if _needs_sampled_action(config):
-        if segments is None:
+        if sampler.weight is None:
             # The actor again, on the sample alone: the statistic then needs no pass over the
             # whole action (the same numbers as sampling it).
             sample_state = State(*(_sample(x, sampler) for x in state))

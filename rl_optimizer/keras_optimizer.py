@@ -91,8 +91,7 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         `global_clipnorm`, `use_ema`, ...).
 
     Sparse gradients (`tf.IndexedSlices`, e.g. from `Embedding`) update only the rows they
-    touch. Not yet inside a model compiled with `jit_compile=True`: XLA cannot prove the
-    gathered rows' dynamic count equal to the actor's reshape of them.
+    touch, also inside a model compiled with `jit_compile=True`.
     """
 
     def __init__(self, policy: str | os.PathLike | LearnedPolicy | dict = "default",
@@ -167,8 +166,11 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         # Only the rows the gradient touches: gather their state, step, scatter back.
         indices = gradient.indices
         values = [tf.gather(slot, indices) for slot in slots]
-        update, new_values = self._step(self.policy.actor,
-                                        tf.cast(gradient.values, variable.dtype), values)
+        # Under XLA (a model compiled with jit_compile=True) the unrolled actor: the number of
+        # rows is known only when the step runs, and XLA cannot prove the actor's reshape of
+        # them to [rows * columns, F] and back consistent.
+        actor = self.policy.unrolled_actor if features.in_xla_context() else self.policy.actor
+        update, new_values = self._step(actor, tf.cast(gradient.values, variable.dtype), values)
         variable.scatter_add(tf.IndexedSlices(update, indices))
         for slot, new in zip(slots, new_values):
             slot.scatter_update(tf.IndexedSlices(new, indices))
