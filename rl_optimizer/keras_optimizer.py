@@ -178,8 +178,14 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
     def _step(self, actor, gradient, values: list) -> tuple[tf.Tensor, list]:
         """`features.step` on the slots' `values`: the update and the slots' new values.
 
-        Where any value of `gradient` is non-finite: no update, no change.
+        Where any value of `gradient` is non-finite: no update, no change. The step is taken
+        in float32, the policy's precision, whatever the variable's (float64, float16, ...).
         """
+        dtype = gradient.dtype
+        if dtype != tf.float32:
+            update, new_values = self._step(actor, tf.cast(gradient, tf.float32),
+                                            [tf.cast(value, tf.float32) for value in values])
+            return tf.cast(update, dtype), [tf.cast(value, dtype) for value in new_values]
         state = features.State(*values, t=self._step_count(gradient))
         update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
                                           tf.cast(self.learning_rate, gradient.dtype))

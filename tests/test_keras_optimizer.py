@@ -258,6 +258,23 @@ def test_non_finite_gradient_skips_variable_and_is_counted(exported_policy, jit_
     assert statistics["skipped_steps"] == 2 and np.isfinite(statistics["update_gradient_ratio"])
 
 
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float16])
+def test_other_float_dtypes_step_in_float32(exported_policy, dtype):
+    """A float64 (or float16) variable, as `set_floatx("float64")` makes them: the step is the
+    float32 one, cast to the variable's dtype, and its slots keep that dtype."""
+    policy = load_policy(exported_policy)
+    optimizer = LearnedOptimizer(policy)
+    variable = tf.Variable(tf.zeros([3, 2], dtype))
+    gradient = np.array([[1.0, -2.0], [0.5, 0.25], [3.0, 1.0]])
+    optimizer.apply_gradients([(tf.constant(gradient, dtype), variable)])
+    expected, _ = features.step(policy.actor, tf.constant(gradient, tf.float32),
+                                features.init_state([3, 2]), policy.feature_config)
+    assert variable.dtype == dtype and all(s.dtype == dtype for s in optimizer._slots[0])
+    # (XLA's unrolled actor and the reference's matmul round apart by an ulp.)
+    np.testing.assert_allclose(variable.numpy(), expected.numpy().astype(dtype.as_numpy_dtype),
+                               rtol=1e-6 if dtype == tf.float64 else 1e-3)
+
+
 def test_every_step_is_bounded(exported_policy):
     optimizer = LearnedOptimizer(exported_policy)
     bound = optimizer.policy.feature_config.max_update
