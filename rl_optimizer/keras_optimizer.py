@@ -91,7 +91,8 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         `global_clipnorm`, `use_ema`, ...).
 
     Sparse gradients (`tf.IndexedSlices`, e.g. from `Embedding`) update only the rows they
-    touch, also inside a model compiled with `jit_compile=True`.
+    touch, also inside a model compiled with `jit_compile=True` (in a function of your own
+    compiled by XLA, pass the indices as an argument: constant indices are refused).
     """
 
     def __init__(self, policy: str | os.PathLike | LearnedPolicy | dict = "default",
@@ -165,6 +166,16 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
     def _sparse_update(self, gradient, variable, slots):
         # Only the rows the gradient touches: gather their state, step, scatter back.
         indices = gradient.indices
+        if features.in_xla_context() and gradient.values.shape[0] is not None \
+                and indices.shape[0] is None:
+            # TensorFlow folds the deduplicated rows' count, XLA pads them to their bound: the
+            # gathered state and the gradient would disagree in shape deep inside XLA.
+            raise ValueError(
+                f"LearnedOptimizer: the sparse gradient of {variable.name} comes from indices "
+                "that are constants of a function compiled with jit_compile=True (its "
+                f"{gradient.values.shape[0]} unique rows are fixed when traced, which XLA does "
+                "not follow); pass the indices to the function as an argument, or compile it "
+                "without jit_compile")
         values = [tf.gather(slot, indices) for slot in slots]
         # Under XLA (a model compiled with jit_compile=True) the unrolled actor: the number of
         # rows is known only when the step runs, and XLA cannot prove the actor's reshape of
