@@ -302,13 +302,13 @@ def _sample(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
 
 def _tensor_sum(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     """Each coordinate's sum of the sampled `x` (from `_sample`) over its tensor's sample."""
+    if sampler.weight is not None:
+        x = x * tf.cast(sampler.weight, x.dtype)
     if sampler.segments is None:
-        if sampler.weight is None:
-            return tf.reduce_sum(x)
-        return tf.reduce_sum(x * tf.cast(sampler.weight, x.dtype))
+        return tf.reduce_sum(x)
     segments = sampler.segments
-    return tf.gather(tf.math.unsorted_segment_sum(x * tf.cast(sampler.weight, x.dtype),
-                                                  segments.ids, segments.count), segments.ids)
+    return tf.gather(tf.math.unsorted_segment_sum(x, segments.ids, segments.count),
+                     segments.ids)
 
 
 def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:

@@ -165,9 +165,8 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
 
     def _sparse_update(self, gradient, variable, slots):
         # Only the rows the gradient touches: gather their state, step, scatter back.
-        indices = gradient.indices
-        if features.in_xla_context() and gradient.values.shape[0] is not None \
-                and indices.shape[0] is None:
+        indices, xla = gradient.indices, features.in_xla_context()
+        if xla and gradient.values.shape[0] is not None and indices.shape[0] is None:
             # TensorFlow folds the deduplicated rows' count, XLA pads them to their bound: the
             # gathered state and the gradient would disagree in shape deep inside XLA.
             raise ValueError(
@@ -180,7 +179,7 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         # Under XLA (a model compiled with jit_compile=True) the unrolled actor: the number of
         # rows is known only when the step runs, and XLA cannot prove the actor's reshape of
         # them to [rows * columns, F] and back consistent.
-        actor = self.policy.unrolled_actor if features.in_xla_context() else self.policy.actor
+        actor = self.policy.unrolled_actor if xla else self.policy.actor
         update, new_values = self._step(actor, tf.cast(gradient.values, variable.dtype), values)
         variable.scatter_add(tf.IndexedSlices(update, indices))
         for slot, new in zip(slots, new_values):

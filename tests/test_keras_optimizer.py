@@ -352,8 +352,8 @@ def test_monitor_writes_optimizer_statistics(exported_policy, tmp_path):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_statistics_of_a_large_variable_estimate_its_norms(exported_policy, jit_compile):
-    """Over features.STATISTICS_SAMPLE coordinates, the norms come from the statistics' sample
-    stepped alone: they must match the update the variable took and its gradient."""
+    """Over UPDATE_SAMPLE coordinates the norms are estimated from evenly spaced ones: they
+    must match the update the variable took and its gradient."""
     optimizer = LearnedOptimizer(exported_policy, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     shape = (96, 512)  # 49152 coordinates: a sample of every 12th
