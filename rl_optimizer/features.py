@@ -401,13 +401,15 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
                           tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
                           log_lr)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
-    lr = config.learning_rate if learning_rate is None else learning_rate
-    update = -lr * tf.exp(log_lr) * moments.direction
     new_state = State(moments.m, moments.v, log_lr, action, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)
-    update = tf.where(finite, update, tf.zeros_like(update))
     new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))
+    # The step from the kept log_lr (the same number where the step is taken): a Keras step
+    # under XLA then computes the new log_lr once, not once for the slot and once for the step.
+    lr = config.learning_rate if learning_rate is None else learning_rate
+    update = -lr * tf.exp(new_state.log_lr) * moments.direction
+    update = tf.where(finite, update, tf.zeros_like(update))
     return update, new_state
 
 

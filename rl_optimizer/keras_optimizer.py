@@ -12,8 +12,9 @@ Adam's does: a float, a `LearningRateSchedule`, or a value callbacks such as
 Per variable and step, a gradient with a non-finite value leaves the variable and its slots
 unchanged and adds one to `skipped_steps`; otherwise each coordinate moves by at most
 `policy.feature_config.max_update`. The optimizer also keeps ‖gradient‖² and ‖update‖² of the
-last step (each estimated from `UPDATE_SAMPLE` evenly spaced coordinates of a larger variable),
-summed over its variables, for `monitor.OptimizerMonitor` to show in TensorBoard.
+last step (the update as the change each variable took; each estimated from `UPDATE_SAMPLE`
+evenly spaced coordinates of a larger variable), summed over its variables, for
+`monitor.OptimizerMonitor` to show in TensorBoard.
 """
 
 from __future__ import annotations
@@ -146,18 +147,25 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
     def _dense_update(self, gradient, variable, slots, new_values_fn):
         # The new values are computed, then assigned: assigned inside the compiled step, XLA
         # copies the slots it reads and also overwrites (3 more passes over the variable).
-        new_variable, new_values = new_values_fn(
+        new_variable, new_values, statistics = new_values_fn(
             gradient, tf.convert_to_tensor(variable), [tf.convert_to_tensor(s) for s in slots])
         variable.assign(new_variable)
         for slot, new in zip(slots, new_values):
             slot.assign(new)
+        self.statistics.assign_add(statistics)
 
     def _new_values(self, gradient, value, values, xla: bool = False):
-        """The variable's and its slots' values after one step."""
+        """The variable's and its slots' values after one step, and the step's `STATISTICS`."""
         # Under XLA the policy's unrolled actor: same numbers, one fused loop.
         actor = self.policy.unrolled_actor if xla else self.policy.actor
-        update, new_values = self._step(actor, tf.cast(gradient, value.dtype), values)
-        return value + update, new_values
+        update, new_values, gradient_sq = self._step(actor, tf.cast(gradient, value.dtype),
+                                                     values)
+        new_value = value + update
+        # ‖update‖² as the change the variable took (none for a skipped step): sampled from
+        # the update itself, XLA kept exp(log_lr) in memory for the sample, a pass more over
+        # the variable (~0.05x of Adam's train step).
+        return new_value, new_values, tf.stack([_estimated_sum_of_squares(new_value, value),
+                                                gradient_sq])
 
     @tf.function(jit_compile=True)
     def _compiled_new_values(self, gradient, value, values):
@@ -180,22 +188,27 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         # rows is known only when the step runs, and XLA cannot prove the actor's reshape of
         # them to [rows * columns, F] and back consistent.
         actor = self.policy.unrolled_actor if xla else self.policy.actor
-        update, new_values = self._step(actor, tf.cast(gradient.values, variable.dtype), values)
+        update, new_values, gradient_sq = self._step(
+            actor, tf.cast(gradient.values, variable.dtype), values)
         variable.scatter_add(tf.IndexedSlices(update, indices))
         for slot, new in zip(slots, new_values):
             slot.scatter_update(tf.IndexedSlices(new, indices))
+        self.statistics.assign_add(tf.stack([_estimated_sum_of_squares(update), gradient_sq]))
 
-    def _step(self, actor, gradient, values: list) -> tuple[tf.Tensor, list]:
-        """`features.step` on the slots' `values`: the update and the slots' new values.
+    def _step(self, actor, gradient, values: list) -> tuple[tf.Tensor, list, tf.Tensor]:
+        """`features.step` on the slots' `values`: the update, the slots' new values and the
+        (estimated) ‖gradient‖², 0 for a skipped step.
 
         Where any value of `gradient` is non-finite: no update, no change. The step is taken
         in float32, the policy's precision, whatever the variable's (float64, float16, ...).
         """
         dtype = gradient.dtype
         if dtype != tf.float32:
-            update, new_values = self._step(actor, tf.cast(gradient, tf.float32),
-                                            [tf.cast(value, tf.float32) for value in values])
-            return tf.cast(update, dtype), [tf.cast(value, dtype) for value in new_values]
+            update, new_values, gradient_sq = self._step(
+                actor, tf.cast(gradient, tf.float32), [tf.cast(value, tf.float32)
+                                                       for value in values])
+            return (tf.cast(update, dtype), [tf.cast(value, dtype) for value in new_values],
+                    gradient_sq)
         state = features.State(*values, t=self._step_count(gradient))
         update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
                                           tf.cast(self.learning_rate, gradient.dtype))
@@ -205,11 +218,9 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         # Selects, not a tf.cond: XLA runs a conditional's branches on one thread.
         update = tf.where(finite, update, tf.zeros_like(update))
         new_values = [tf.where(finite, new, old) for new, old in zip(new_state, values)]
-        statistics = tf.stack([_estimated_sum_of_squares(update),
-                               _estimated_sum_of_squares(gradient)])
-        self.statistics.assign_add(tf.where(finite, statistics, tf.zeros_like(statistics)))
         self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-        return update, new_values
+        gradient_sq = _estimated_sum_of_squares(gradient)
+        return update, new_values, tf.where(finite, gradient_sq, tf.zeros_like(gradient_sq))
 
     def _step_count(self, gradient) -> tf.Tensor:
         """State's t: the optimizer's step count for every coordinate, as in Keras' Adam.
@@ -250,14 +261,16 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         return config
 
 
-def _sum_of_squares(x: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(tf.square(tf.cast(x, tf.float64)))
-
-
-def _estimated_sum_of_squares(x: tf.Tensor) -> tf.Tensor:
-    # Exact would cost a pass over the tensor (~0.15x of Adam's whole step for the gradient's).
+def _estimated_sum_of_squares(x: tf.Tensor, minus: tf.Tensor | None = None) -> tf.Tensor:
+    """Σ (x − minus)², in float64, from `UPDATE_SAMPLE` evenly spaced coordinates of a larger
+    tensor (exact would cost a pass over it: ~0.15x of Adam's whole step for the gradient's)."""
     size = x.shape.num_elements()
-    if size is None or size <= UPDATE_SAMPLE:
-        return _sum_of_squares(x)
-    sample = tf.reshape(x, [-1])[::size // UPDATE_SAMPLE]
-    return _sum_of_squares(sample) * (size / sample.shape[0])
+    scale = 1.0
+    if size is not None and size > UPDATE_SAMPLE:
+        stride = size // UPDATE_SAMPLE
+        x, minus = (None if y is None else tf.reshape(y, [-1])[::stride] for y in (x, minus))
+        scale = size / x.shape[0]
+    x = tf.cast(x, tf.float64)
+    if minus is not None:
+        x -= tf.cast(minus, tf.float64)
+    return tf.reduce_sum(tf.square(x)) * scale
