@@ -94,8 +94,16 @@ class CoordinateBatchObserver:
                         raise LearnerDone from None
 
     def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
+        """Waits until the server has every item written (unless the learner has finished,
+        so the rate limiter may hold them for ever), then closes the writers: a writer closed
+        with items in flight drops them (Reverb's own `with` block flushes first too)."""
+        try:
+            self._flush(0)
+        except LearnerDone:
+            pass
+        finally:
+            for writer in self._writers:
+                writer.close()
 
 
 def set_threads(threads: int) -> None:
@@ -141,6 +149,7 @@ def collect(address: str, task: int, max_steps: int | None = None, log=print) ->
             finished = shared.pull()
     except LearnerDone:
         pass
+    observer.close()
     per_item = replay_lib.item_layout(d.coordinates_per_item, env.batch_size)[0]
     log(f"collector {task}: {observer.items} items ({observer.items * per_item} "
         f"coordinate transitions) in {time.time() - start:.1f} s; learner iteration "
