@@ -162,8 +162,8 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
                                                      values)
         new_value = value + update
         # ‖update‖² as the change the variable took (none for a skipped step): sampled from
-        # the update itself, XLA kept exp(log_lr) in memory for the sample, a pass more over
-        # the variable (~0.05x of Adam's train step).
+        # the update itself, XLA kept exp(log_lr) in memory for the sample, two more passes
+        # over the variable.
         return new_value, new_values, tf.stack([_estimated_sum_of_squares(new_value, value),
                                                 gradient_sq])
 
