@@ -44,3 +44,22 @@ def test_keras_holdout_compares_with_tuned_adam(capsys):
     assert re.search(r"Adam\(tuned [0-9.e-]+\) \S+: (win|loss)$", lines[0]), lines
     assert re.fullmatch(r"wins_vs_adam_tuned: [01]/1", lines[-2]), lines
     assert re.fullmatch(r"wins_vs_adam_default: [01]/1", lines[-1]), lines
+
+
+def test_keras_validation_tasks_are_neither_the_suite_nor_the_holdout():
+    """Choosing between policies on them must not peek at the test: other names and data;
+    each task's model takes its data and gives a finite loss."""
+    import numpy as np
+
+    from rl_optimizer.benchmarks import keras_holdout, keras_validation
+    from rl_optimizer.evaluation import keras_tasks
+
+    validation = keras_validation.TASKS
+    assert len(validation) >= 8
+    assert not set(validation) & (set(keras_tasks.TASKS) | set(keras_holdout.TASKS))
+    used = {task.data for task in [*keras_tasks.TASKS.values(), *keras_holdout.TASKS.values()]}
+    for task in validation.values():
+        assert task.data not in used, task.name
+        x, y, _, _ = task.data(0)
+        loss = task.loss()(y[:4], task.model()(x[:4]))
+        assert np.isfinite(loss.numpy()), task.name

@@ -141,11 +141,17 @@ def parse_arguments(argv, description: str, tasks: dict, seeds: str, quick: dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    return compare(argv, __doc__.splitlines()[0], TASKS, {"tasks": "iris_mlp", "epochs": 2})
+
+
+def compare(argv, description: str, tasks: dict[str, Task], quick: dict) -> int:
+    """Untuned `LearnedOptimizer()` against `Adam()` (and with --tuned, tuned Adam) on
+    `tasks`, a line per task and seed, then the win counts (see this module's docstring)."""
     from rl_optimizer.keras_optimizer import LearnedOptimizer
     from rl_optimizer.policy import load_policy
 
     args, names, seeds = parse_arguments(
-        argv, __doc__.splitlines()[0], TASKS, "0", {"tasks": "iris_mlp", "epochs": 2},
+        argv, description, tasks, "0", quick,
         {"--tuned": "also against Adam with its learning rate tuned (five more trainings "
                     "per task and seed)"})
     policy = load_policy(args.policy)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         wins[seed] = tuned_wins[seed] = 0
         for name in names:
-            task = TASKS[name]
+            task = tasks[name]
             data = task.data(seed)
             epochs = args.epochs or task.epochs
             learned = kt.train(task, LearnedOptimizer(policy), epochs, seed, data)
