@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import rl_optimizer  # noqa: F401  (quiets TensorFlow's start-up banner)
-from rl_optimizer.benchmarks.keras_holdout import compare
+from rl_optimizer.benchmarks.keras_holdout import _dense, compare
 from rl_optimizer.evaluation import keras_tasks as kt
 from rl_optimizer.evaluation.keras_tasks import Task
 
@@ -101,10 +101,6 @@ def _tokens(seed, n=2000, length=20, vocab=500):
     rng = np.random.default_rng(5000 + seed)
     x = rng.integers(0, vocab, size=(n, length))
     return kt._xy_split(x, ((x >= 100) & (x < 120)).any(1).astype(np.int64), seed)
-
-
-def _dense(units, activation=None):
-    return lambda: _L.Dense(units, activation=activation)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
