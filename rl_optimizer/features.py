@@ -17,7 +17,8 @@ scalar broadcasts through every function here), so it needs four slots per param
 
 One step, given the gradient g of a coordinate in tensor T:
 
-  1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ);
+  1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ)
+     (option: v̂ ← (1−s)·v̂ + s·mean over T of v̂, s = p·|alignment|, `rms_sharing`);
   2. alignment = cosine over T of g/√v̂ and m_{t−1}/√v̂ (`Segments` say which tensor is which;
      over a strided sample of at most 4096 of T's coordinates, `STATISTICS_SAMPLE`);
   3. observation = scale-free features of the gradient history (`observation`);
@@ -93,8 +94,9 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor: off by default, so an older policy's `FeatureConfig` means what it meant; a policy
-that sets them fails to load in an older release, whose `FeatureConfig` does not know them.)"""
+noise floor, nor `rms_sharing`: off by default, so an older policy's `FeatureConfig` means what
+it meant; a policy that sets them fails to load in an older release, whose `FeatureConfig` does
+not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -150,6 +152,22 @@ class FeatureConfig:
     floor_log_lr: float = bounded(0.0, le=0.0)
     """Where the noise floor (`floor_alignment`) holds log_lr, relative to `learning_rate`:
     within [log_lr_min, 0]."""
+    rms_sharing: float = bounded(0.0, ge=0.0, le=1.0)
+    """p: the fraction of each coordinate's v̂ taken from its tensor's mean v̂ (over the
+    tensor's finite sampled coordinates, `STATISTICS_SAMPLE`), times |alignment|:
+    v̂ ← (1 − s)·v̂ + s·mean v̂ with s = p·|alignment| (Adam's alignment, on the unshared v̂).
+    Adam's per-coordinate v̂ is a diagonal preconditioner made of each coordinate's past
+    gradient sizes, not of curvature; on a deterministic problem near its minimum it keeps
+    early training's spread between coordinates and worsens the conditioning one step size
+    faces (tuned Adam reaches gap 1e-6 before tuned Nesterov momentum on no instance of the
+    convex families). Under minibatch noise, though, per-coordinate scaling is what keeps a
+    noisy coordinate's steps small: sharing it always (s = p) lost small networks' final loss
+    (training's validation, teacher MLPs and RNNs). So it is shared as far as the problem
+    shows it is deterministic: a deterministic gradient keeps or reverses its direction
+    (|alignment| near 1), minibatch noise does neither (|alignment| 0.02…0.2). Scale-free.
+    0: Adam's v̂ (off; the shipped policy's setting: retrained with p = 1 it beat tuned Adam
+    more often on the analytic families, but a first layer fed unstandardised inputs needs
+    per-coordinate scales for a reason that is not stale history, and lost; README, Results)."""
     max_spread: float = bounded(0.0, ge=0.0)
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
@@ -210,20 +228,31 @@ class _Moments(NamedTuple):
     rms: tf.Tensor  # √v̂ + ε
     alignment: tf.Tensor  # see `_tensor_statistics`
     surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
+    v_mean: tf.Tensor | None  # the tensor's mean v̂ where `rms_sharing` uses it, else None
 
 
 def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             statistics=None) -> _Moments:
+             statistics=None, v_mean=None) -> _Moments:
+    """`statistics` and `v_mean`: the tensor's, where the call is on its sample alone."""
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
     # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
-    rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, t))) + config.epsilon
+    v_hat = v / (1.0 - tf.pow(config.beta2, t))
+    rms = tf.sqrt(v_hat) + config.epsilon
+    if statistics is None:
+        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
+    if config.rms_sharing:
+        if v_mean is None:
+            v_mean = _finite_tensor_mean(_sample(v_hat, sampler), sampler)
+        # Shared as far as the tensor's gradient keeps or reverses its direction (see
+        # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
+        share = config.rms_sharing * tf.abs(statistics[0])
+        v_hat = (1.0 - share) * v_hat + share * v_mean
+        rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
-    if statistics is None:
-        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
-    return _Moments(m, v, t, direction, rms, *statistics)
+    return _Moments(m, v, t, direction, rms, *statistics, v_mean)
 
 
 class Segments(NamedTuple):
@@ -316,6 +345,13 @@ def _tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     if sampler.weight is None:
         return tf.reduce_mean(x)
     return _tensor_sum(x, sampler) / _tensor_sum(tf.ones_like(x), sampler)
+
+
+def _finite_tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
+    """`_tensor_mean` over the finite values of the sampled `x` (0 where there are none)."""
+    finite = tf.math.is_finite(x)
+    total = _tensor_sum(tf.where(finite, x, tf.zeros_like(x)), sampler)
+    return total / tf.maximum(_tensor_sum(tf.cast(finite, x.dtype), sampler), 1.0)
 
 
 def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler
@@ -460,7 +496,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
             sample_state = State(*(_sample(x, sampler) for x in state))
             sample_gradient = _sample(gradient, sampler)
             sample_moments = _moments(sample_gradient, sample_state, config, sampler,
-                                      (moments.alignment, moments.surge))
+                                      (moments.alignment, moments.surge), moments.v_mean)
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action

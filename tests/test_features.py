@@ -83,6 +83,42 @@ def test_non_finite_gradient_leaves_coordinate_unchanged():
     assert update[2] != 0.0
 
 
+@pytest.mark.parametrize("config", [FeatureConfig(rms_sharing=0.5),
+                                    FeatureConfig(rms_sharing=1.0)])
+def test_non_finite_gradient_leaves_its_tensor_finite(config):
+    """The options' tensor mean of v̂ skips a non-finite coordinate: the rest of its tensor
+    still steps, by finite amounts."""
+    g = tf.constant([np.nan, np.inf, 1.0, -2.0])
+    update, state = features.step(_zero_actor, g, features.init_state([4]), config)
+    np.testing.assert_array_equal(update[:2], [0.0, 0.0])
+    assert np.all(np.isfinite(update)) and np.all(update[2:] != 0.0)
+    assert all(np.all(np.isfinite(x)) for x in state)
+
+
+def test_rms_sharing_mixes_v_with_its_tensors_mean_as_far_as_the_tensor_is_aligned():
+    """s = p·|alignment|: a tensor whose momentum points along its gradient (alignment 1)
+    divides by √((1 − p)·v̂ + p·mean v̂), each tensor (segment) by its own mean; where there is
+    no momentum yet (alignment 0) the direction is Adam's."""
+    beta1, beta2 = FeatureConfig().beta1, FeatureConfig().beta2
+    g = np.array([3.0, -1.0, 0.5, 2.0, 4.0], np.float32)
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1]), 2)
+    aligned = features.State(tf.constant(g), tf.constant(g * g), tf.zeros(5), tf.zeros(5),
+                             tf.fill([5], 9.0))  # m, v as if g had come before, t → 10
+
+    def direction(p, state):
+        config = FeatureConfig(nominal_gain=0.0, rms_sharing=p)
+        update, _ = features.step(_zero_actor, tf.constant(g), state, config, segments=segments)
+        return -update.numpy() / config.learning_rate
+
+    m_hat, v_hat = g / (1 - beta1 ** 10), g * g / (1 - beta2 ** 10)
+    means = np.repeat([np.mean(v_hat[:3]), np.mean(v_hat[3:])], [3, 2])
+    np.testing.assert_allclose(direction(0.0, aligned), m_hat / np.sqrt(v_hat), rtol=1e-5)
+    for p in (0.5, 1.0):
+        np.testing.assert_allclose(direction(p, aligned),
+                                   m_hat / np.sqrt((1 - p) * v_hat + p * means), rtol=1e-5)
+    np.testing.assert_allclose(direction(1.0, features.init_state([5])), np.sign(g), rtol=1e-5)
+
+
 def test_zero_gradient_takes_no_step():
     update, _ = features.step(_zero_actor, tf.zeros([3]), features.init_state([3]),
                               FeatureConfig())
@@ -250,7 +286,8 @@ def test_scale_free():
                                          ("surge_threshold", 1.0), ("anchor_rate", 1.5),
                                          ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5),
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
-                                         ("floor_log_lr", 0.5), ("floor_log_lr", -20.0)])
+                                         ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
+                                         ("rms_sharing", 1.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
         FeatureConfig(**{field: value})
@@ -297,7 +334,8 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True),
     FeatureConfig(center_action=True, max_spread=0.5),
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
-                  anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0)])
+                  anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0),
+    FeatureConfig(center_action=True, rms_sharing=0.5)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),
