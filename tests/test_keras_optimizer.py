@@ -1,5 +1,6 @@
 """LearnedOptimizer: the policy as a tf.keras optimizer (issue 5)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -165,10 +166,16 @@ def test_embedding_model_trains():
     np.testing.assert_array_equal(model.layers[0].embeddings.numpy()[10:], before[10:])
 
 
-def test_embedding_model_under_jit_compile_steps_as_without():
+@pytest.mark.parametrize("rms_sharing", [0.0, 1.0])
+def test_embedding_model_under_jit_compile_steps_as_without(rms_sharing):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
-    the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate)."""
+    the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate),
+    with the tensor's mean v̂ of `rms_sharing` too."""
+    shipped = load_policy("default")
+    policy = LearnedPolicy([k.numpy() for k in shipped.kernels],
+                           [b.numpy() for b in shipped.biases],
+                           dataclasses.replace(shipped.feature_config, rms_sharing=rms_sharing))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 300, (64, 20)).astype(np.int32)
     y = (x[:, :1] % 7).astype(np.float32)
@@ -179,7 +186,7 @@ def test_embedding_model_under_jit_compile_steps_as_without():
                                      tf.keras.layers.Embedding(300, 8),
                                      tf.keras.layers.GlobalAveragePooling1D(),
                                      tf.keras.layers.Dense(1)])
-        model.compile(optimizer=LearnedOptimizer(), loss="mse", jit_compile=jit)
+        model.compile(optimizer=LearnedOptimizer(policy), loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0)
         weights[jit] = model.get_weights()
     for compiled, plain in zip(weights[True], weights[False]):
