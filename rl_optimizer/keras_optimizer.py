@@ -161,9 +161,9 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         update, new_values, gradient_sq = self._step(actor, tf.cast(gradient, value.dtype),
                                                      values)
         new_value = value + update
-        # ‖update‖² as the change the variable took (none for a skipped step): sampled from
-        # the update itself, XLA kept exp(log_lr) in memory for the sample, two more passes
-        # over the variable.
+        # ‖update‖² as the change the variable took (none for a skipped step). Sampled from
+        # `update` instead, it made XLA keep exp(log_lr) in memory for the sample: two more
+        # passes over the variable.
         return new_value, new_values, tf.stack([_estimated_sum_of_squares(new_value, value),
                                                 gradient_sq])
 
