@@ -9,7 +9,8 @@ Per coordinate the optimizer keeps S = 5 float32 numbers (a fresh coordinate's a
   m        exponential average of the gradient (β1), as in Adam;
   v        exponential average of the squared gradient (β2), as in Adam;
   log_lr   the coordinate's log step size relative to `learning_rate`;
-  action   the last increment of log_lr, in units of `increment` ([−1, 1]);
+  action   the last increment of log_lr, in units of `increment` ([−1, 1]) (option: the last
+           gradient instead, `gradient_memory`);
   t        how many steps the coordinate has taken (Adam's step count).
 
 The Keras optimizer keeps m, v, log_lr and action as slots and takes t from its step counter (a
@@ -20,7 +21,9 @@ One step, given the gradient g of a coordinate in tensor T:
   1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ)
      (option: v̂ ← (1−s)·v̂ + s·mean over T of v̂, s = p·|alignment|, `rms_sharing`);
   2. alignment = cosine over T of g/√v̂ and m_{t−1}/√v̂ (`Segments` say which tensor is which;
-     over a strided sample of at most 4096 of T's coordinates, `STATISTICS_SAMPLE`);
+     over a strided sample of at most 4096 of T's coordinates, `STATISTICS_SAMPLE`) (option:
+     blended with the cosine with g_{t−1}/√v̂ as far as the tensor is deterministic,
+     `gradient_memory`);
   3. observation = scale-free features of the gradient history (`observation`);
   4. action a ∈ [−1, 1] = policy(observation);
   5. log_lr ← clip(log_lr + increment·(clip(nominal_gain·alignment + a, ±1) − guard) + pull,
@@ -29,7 +32,8 @@ One step, given the gradient g of a coordinate in tensor T:
      log_lr) (the anchor); below floor_log_lr, log_lr falls only where alignment <
      −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
      log_lr kept within `max_spread` of its tensor's mean);
-  6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip).
+  6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip) (option: Nesterov's
+     look-ahead β1·m̂ + (1−β1)·g in place of m̂, `nesterov`).
 
 Where the scale comes from: the step size is state. It starts at `learning_rate` (the shipped
 policy's is 1e-2, ten times Adam's default) and a nominal controller moves it by
@@ -94,9 +98,9 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor, nor `rms_sharing`: off by default, so an older policy's `FeatureConfig` means what
-it meant; a policy that sets them fails to load in an older release, whose `FeatureConfig` does
-not know them.)"""
+noise floor, nor `rms_sharing`, `nesterov` and `gradient_memory`: off by default, so an older
+policy's `FeatureConfig` means what it meant; a policy that sets them fails to load in an
+older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -168,6 +172,25 @@ class FeatureConfig:
     0: Adam's v̂ (off; the shipped policy's setting: retrained with p = 1 it beat tuned Adam
     more often on the analytic families, but a first layer fed unstandardised inputs needs
     per-coordinate scales for a reason that is not stale history, and lost; README, Results)."""
+    nesterov: bool = False
+    """Step along Nesterov momentum's look-ahead, β1·m̂ + (1−β1)·g, not m̂: QHAdam with
+    ν = β1 (Ma & Yarats 2019), the NAdam of Dozat (2016). Heavy-ball momentum (m̂ alone) shrinks
+    a quadratic's error by at most √β1 per step whatever the step size; the look-ahead does not
+    bound it so, and a well-conditioned deterministic problem then converges at the rate its
+    step size allows. False: Adam's m̂ (the shipped policy's setting)."""
+    gradient_memory: bool = False
+    """The state's fourth number keeps the last gradient, not the last action, and the
+    observation's fifth column is g_{t−1}/√v̂ (clipped), not the last action. The alignment
+    is then a·|c| + c·(1 − |c|), where c is the cosine of g/√v̂ with the momentum m_{t−1}/√v̂
+    (the alignment without this option) and a its cosine with g_{t−1}/√v̂ (the hypergradient
+    of Baydin et al. 2018 for plain steps): a deterministic problem (|c| near 1) is steered by
+    the last step alone, minibatch noise (|c| 0.02…0.2) by the momentum as before. With
+    `nesterov`, a well-conditioned deterministic problem converges fastest at step sizes where
+    heavy-ball momentum's c is already negative and the last step's a still positive; under
+    minibatch noise, though, successive gradients share the mean gradient and a stays
+    positive at any step size (a Dropout MLP's step sizes grew to the bound and blew it up),
+    hence the gate. False: the alignment with m_{t−1} and the last action (the shipped
+    policy's setting)."""
     max_spread: float = bounded(0.0, ge=0.0)
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
@@ -241,6 +264,11 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     rms = tf.sqrt(v_hat) + config.epsilon
     if statistics is None:
         statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
+        if config.gradient_memory:
+            # Steered by the last step where the problem is deterministic (`gradient_memory`).
+            last, _ = _tensor_statistics(gradient, state.action, rms, config, sampler)
+            weight = tf.abs(statistics[0])
+            statistics = (weight * last + (1.0 - weight) * statistics[0], statistics[1])
     if config.rms_sharing:
         if v_mean is None:
             v_mean = _finite_tensor_mean(_sample(v_hat, sampler), sampler)
@@ -251,6 +279,8 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
         rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
+    if config.nesterov:
+        m_hat = config.beta1 * m_hat + (1.0 - config.beta1) * gradient
     direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
     return _Moments(m, v, t, direction, rms, *statistics, v_mean)
 
@@ -358,7 +388,8 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
                        ) -> tuple[tf.Tensor, tf.Tensor]:
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
-    `momentum` is the previous step's m, `rms` this step's √v̂ + ε (from `_moments`; sliced
+    `momentum` is the previous step's m (or, for `gradient_memory`, gradient), `rms` this
+    step's √v̂ + ε (from `_moments`; sliced
     here, which XLA fuses into computing them at the sampled coordinates only).
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
@@ -389,7 +420,8 @@ def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) 
         # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
         tf.sign(gradient) * tf.sign(state.m),
         ones * moments.alignment,
-        state.action,
+        tf.clip_by_value(state.action / moments.rms, -c, c) if config.gradient_memory
+        else state.action,
         ones * (tf.math.log(moments.t) / _LOG_STEP_SCALE),
     ]
     # A non-finite gradient is skipped by `_apply`; its observation must still be a number.
@@ -437,7 +469,8 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
                           tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
                           log_lr)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
-    new_state = State(moments.m, moments.v, log_lr, action, moments.t)
+    memory = gradient if config.gradient_memory else action
+    new_state = State(moments.m, moments.v, log_lr, memory, moments.t)
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)
     new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))

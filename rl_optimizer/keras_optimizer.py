@@ -4,10 +4,10 @@
 
 Every step is `features.step` with the policy's actor: the same code the agent was trained on and
 TF Serving runs, so Keras sees no train/serve skew. Each parameter keeps the state m, v, log_lr
-and the last action in four slot variables; the state's step count t is the optimizer's
-`iterations`, one scalar for all (as in Keras' Adam). `learning_rate` multiplies every step, as
-Adam's does: a float, a `LearningRateSchedule`, or a value callbacks such as
-`ReduceLROnPlateau` and `LearningRateScheduler` set.
+and the last action (or gradient, `FeatureConfig.gradient_memory`) in four slot variables; the
+state's step count t is the optimizer's `iterations`, one scalar for all (as in Keras' Adam).
+`learning_rate` multiplies every step, as Adam's does: a float, a `LearningRateSchedule`, or a
+value callbacks such as `ReduceLROnPlateau` and `LearningRateScheduler` set.
 
 Per variable and step, a gradient with a non-finite value leaves the variable and its slots
 unchanged and adds one to `skipped_steps`; otherwise each coordinate moves by at most

@@ -84,7 +84,9 @@ def test_non_finite_gradient_leaves_coordinate_unchanged():
 
 
 @pytest.mark.parametrize("config", [FeatureConfig(rms_sharing=0.5),
-                                    FeatureConfig(rms_sharing=1.0)])
+                                    FeatureConfig(rms_sharing=1.0),
+                                    FeatureConfig(rms_sharing=1.0, nesterov=True,
+                                                  gradient_memory=True)])
 def test_non_finite_gradient_leaves_its_tensor_finite(config):
     """The options' tensor mean of v̂ skips a non-finite coordinate: the rest of its tensor
     still steps, by finite amounts."""
@@ -117,6 +119,53 @@ def test_rms_sharing_mixes_v_with_its_tensors_mean_as_far_as_the_tensor_is_align
         np.testing.assert_allclose(direction(p, aligned),
                                    m_hat / np.sqrt((1 - p) * v_hat + p * means), rtol=1e-5)
     np.testing.assert_allclose(direction(1.0, features.init_state([5])), np.sign(g), rtol=1e-5)
+
+
+def test_nesterov_steps_along_the_look_ahead():
+    """β1·m̂ + (1−β1)·g over √v̂ (QHAdam with ν = β1): the new momentum and the gradient."""
+    config = FeatureConfig(nominal_gain=0.0, nesterov=True)
+    beta1, beta2 = config.beta1, config.beta2
+    g, m_old = np.array([3.0, -1.0, 0.5], np.float32), np.array([-1.0, 2.0, 0.5], np.float32)
+    state = features.State(tf.constant(m_old), tf.constant(g * g), tf.zeros(3), tf.zeros(3),
+                           tf.fill([3], 4.0))  # t → 5
+    update, _ = features.step(_zero_actor, tf.constant(g), state, config)
+    m_hat = (beta1 * m_old + (1 - beta1) * g) / (1 - beta1 ** 5)
+    v_hat = (beta2 * g * g + (1 - beta2) * g * g) / (1 - beta2 ** 5)
+    np.testing.assert_allclose(-update.numpy() / config.learning_rate,
+                               (beta1 * m_hat + (1 - beta1) * g) / np.sqrt(v_hat), rtol=1e-5)
+
+
+def test_gradient_memory_keeps_the_last_gradient_and_steers_deterministic_tensors_by_it():
+    """The fourth state number becomes the gradient (kept where a gradient is non-finite),
+    the fifth observation column g_{t−1}/√v̂; each tensor's alignment is a·|c| + c·(1 − |c|),
+    c its cosine with the momentum, a with the last gradient."""
+    config = FeatureConfig(gradient_memory=True)
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=9).astype(np.float32)
+    g[4] = np.nan
+    m, last = rng.normal(size=9).astype(np.float32), rng.normal(size=9).astype(np.float32)
+    m[:3] = g[:3]  # the first tensor's momentum nearly along its gradient: |c| near 1
+    v = rng.uniform(0.5, 2.0, size=9).astype(np.float32)
+    state = features.State(*(tf.constant(x) for x in (m, v, np.zeros(9, np.float32), last)),
+                           tf.fill([9], 3.0))
+    ids = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    segments = features.Segments(tf.constant(ids, tf.int32), 3)
+    obs = features.observation(tf.constant(g), state, config, segments).numpy()
+    rms = np.sqrt((config.beta2 * v + (1 - config.beta2) * g ** 2)
+                  / (1 - config.beta2 ** 4)) + config.epsilon
+    for tensor in range(3):
+        picked = (ids == tensor) & np.isfinite(g)
+        c = _numpy_alignment(g, m, v, 3.0, config, picked)
+        a = _numpy_alignment(g, last, v, 3.0, config, picked)
+        column = obs[ids == tensor, features.FEATURE_NAMES.index("tensor_alignment")]
+        np.testing.assert_allclose(column, a * abs(c) + c * (1 - abs(c)), rtol=1e-4)
+    assert abs(_numpy_alignment(g, m, v, 3.0, config, ids == 0)) > 0.9
+    np.testing.assert_allclose(obs[np.isfinite(g), 4],
+                               np.clip(last / rms, -config.clip, config.clip)[np.isfinite(g)],
+                               rtol=1e-5)
+    _, new_state = features.step(_zero_actor, tf.constant(g), state, config, segments=segments)
+    want = np.where(np.isfinite(g), g, last)
+    np.testing.assert_array_equal(new_state.action.numpy(), want)
 
 
 def test_zero_gradient_takes_no_step():
@@ -335,7 +384,8 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True, max_spread=0.5),
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
                   anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0),
-    FeatureConfig(center_action=True, rms_sharing=0.5)])
+    FeatureConfig(center_action=True, rms_sharing=0.5),
+    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=True, gradient_memory=True)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),

@@ -166,16 +166,19 @@ def test_embedding_model_trains():
     np.testing.assert_array_equal(model.layers[0].embeddings.numpy()[10:], before[10:])
 
 
-@pytest.mark.parametrize("rms_sharing", [0.0, 1.0])
-def test_embedding_model_under_jit_compile_steps_as_without(rms_sharing):
+@pytest.mark.parametrize("options", [{}, {"rms_sharing": 1.0},
+                                     {"rms_sharing": 1.0, "nesterov": True,
+                                      "gradient_memory": True}])
+def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
     the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate),
-    with the tensor's mean v̂ of `rms_sharing` too."""
+    with the tensor's mean v̂ of `rms_sharing` and the last gradient's alignment of
+    `gradient_memory` too."""
     shipped = load_policy("default")
     policy = LearnedPolicy([k.numpy() for k in shipped.kernels],
                            [b.numpy() for b in shipped.biases],
-                           dataclasses.replace(shipped.feature_config, rms_sharing=rms_sharing))
+                           dataclasses.replace(shipped.feature_config, **options))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 300, (64, 20)).astype(np.int32)
     y = (x[:, :1] % 7).astype(np.float32)
