@@ -85,7 +85,7 @@ def test_non_finite_gradient_leaves_coordinate_unchanged():
 
 @pytest.mark.parametrize("config", [FeatureConfig(rms_sharing=0.5),
                                     FeatureConfig(rms_sharing=1.0),
-                                    FeatureConfig(rms_sharing=1.0, nesterov=True,
+                                    FeatureConfig(rms_sharing=1.0, nesterov=1.0,
                                                   gradient_memory=True)])
 def test_non_finite_gradient_leaves_its_tensor_finite(config):
     """The options' tensor mean of v̂ skips a non-finite coordinate: the rest of its tensor
@@ -121,18 +121,21 @@ def test_rms_sharing_mixes_v_with_its_tensors_mean_as_far_as_the_tensor_is_align
     np.testing.assert_allclose(direction(1.0, features.init_state([5])), np.sign(g), rtol=1e-5)
 
 
-def test_nesterov_steps_along_the_look_ahead():
-    """β1·m̂ + (1−β1)·g over √v̂ (QHAdam with ν = β1): the new momentum and the gradient."""
-    config = FeatureConfig(nominal_gain=0.0, nesterov=True)
-    beta1, beta2 = config.beta1, config.beta2
+def test_nesterov_steps_part_of_the_way_to_the_look_ahead():
+    """m̂ + p·(1−β1)·(g − m̂): at p = 1 Nesterov's look-ahead β1·m̂ + (1−β1)·g (QHAdam with
+    ν = β1)."""
     g, m_old = np.array([3.0, -1.0, 0.5], np.float32), np.array([-1.0, 2.0, 0.5], np.float32)
     state = features.State(tf.constant(m_old), tf.constant(g * g), tf.zeros(3), tf.zeros(3),
                            tf.fill([3], 4.0))  # t → 5
-    update, _ = features.step(_zero_actor, tf.constant(g), state, config)
-    m_hat = (beta1 * m_old + (1 - beta1) * g) / (1 - beta1 ** 5)
-    v_hat = (beta2 * g * g + (1 - beta2) * g * g) / (1 - beta2 ** 5)
-    np.testing.assert_allclose(-update.numpy() / config.learning_rate,
-                               (beta1 * m_hat + (1 - beta1) * g) / np.sqrt(v_hat), rtol=1e-5)
+    for p in (0.5, 1.0):
+        config = FeatureConfig(nominal_gain=0.0, nesterov=p)
+        beta1, beta2 = config.beta1, config.beta2
+        update, _ = features.step(_zero_actor, tf.constant(g), state, config)
+        m_hat = (beta1 * m_old + (1 - beta1) * g) / (1 - beta1 ** 5)
+        v_hat = (beta2 * g * g + (1 - beta2) * g * g) / (1 - beta2 ** 5)
+        nu = 1 - p * (1 - beta1)
+        np.testing.assert_allclose(-update.numpy() / config.learning_rate,
+                                   (nu * m_hat + (1 - nu) * g) / np.sqrt(v_hat), rtol=1e-5)
 
 
 def test_gradient_memory_keeps_the_last_gradient_and_steers_deterministic_tensors_by_it():
@@ -336,7 +339,7 @@ def test_scale_free():
                                          ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5),
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
-                                         ("rms_sharing", 1.5)])
+                                         ("rms_sharing", 1.5), ("nesterov", 1.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
         FeatureConfig(**{field: value})
@@ -385,7 +388,7 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
                   anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0),
     FeatureConfig(center_action=True, rms_sharing=0.5),
-    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=True, gradient_memory=True)])
+    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),
