@@ -393,8 +393,8 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
     `momentum` is the previous step's m (or, for `gradient_memory`, gradient), `rms` this
-    step's √v̂ + ε (from `_moments`; sliced
-    here, which XLA fuses into computing them at the sampled coordinates only).
+    step's √v̂ + ε (from `_moments`; sliced here, which XLA fuses into computing them at the
+    sampled coordinates only).
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
     keep going the same way (the step size could grow), negative after overshooting: the sign
