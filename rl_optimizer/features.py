@@ -33,7 +33,8 @@ One step, given the gradient g of a coordinate in tensor T:
      −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
      log_lr kept within `max_spread` of its tensor's mean);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip) (option: Nesterov's
-     look-ahead β1·m̂ + (1−β1)·g in place of m̂, or part of the way, `nesterov`).
+     look-ahead β1·m̂ + (1−β1)·g in place of m̂, or part of the way, `nesterov`; or as far as
+     the mean over T of the action says, `learned_look_ahead`).
 
 Where the scale comes from: the step size is state. It starts at `learning_rate` (the shipped
 policy's is 1e-2, ten times Adam's default) and a nominal controller moves it by
@@ -98,9 +99,9 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor, nor `rms_sharing`, `nesterov` and `gradient_memory`: off by default, so an older
-policy's `FeatureConfig` means what it meant; a policy that sets them fails to load in an
-older release, whose `FeatureConfig` does not know them.)"""
+noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory` and `learned_look_ahead`: off by
+default, so an older policy's `FeatureConfig` means what it meant; a policy that sets them
+fails to load in an older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -181,6 +182,15 @@ class FeatureConfig:
     though, the look-ahead's share of this step's gradient is noise the momentum would have
     averaged: small teacher MLPs end at a higher loss (README, Results). 0: Adam's m̂ (the
     shipped policy's setting)."""
+    learned_look_ahead: float = bounded(0.0, ge=0.0, le=1.0)
+    """p: the look-ahead's weight, set by the policy. The mean over the tensor of the policy's
+    action a — what `center_action` takes out of the step sizes — gives s = p·(mean a + 1)/2
+    in [0, p], and the step goes along d + s·(1−β1)·(clip(g/√v̂) − d), d the clipped direction:
+    at s = 1 Nesterov's look-ahead (`nesterov` = 1), at 0 heavy-ball momentum. No hand-made
+    signal told a deterministic gradient (where the look-ahead pays) from minibatch noise
+    (where it is noise the momentum would have averaged; README, Results); here the agent
+    learns when to take it from what its observation shows. Needs `center_action`. 0: off
+    (the shipped policy's setting)."""
     gradient_memory: bool = False
     """The state's fourth number keeps the last gradient, not the last action, and the
     observation's fifth column is g_{t−1}/√v̂ (clipped), not the last action. The alignment
@@ -210,6 +220,10 @@ class FeatureConfig:
 
     def __post_init__(self):
         check_bounds(self)
+        if self.learned_look_ahead and not self.center_action:
+            raise ValueError("FeatureConfig.learned_look_ahead: needs center_action (the "
+                             "look-ahead's weight is the action's mean over the tensor, which "
+                             "only a centred action leaves out of the step sizes)")
         for name in ("anchor_log_lr", "floor_log_lr"):  # each also <= 0, by its own range
             if getattr(self, name) < self.log_lr_min:
                 raise ValueError(f"FeatureConfig.{name}: must be within [log_lr_min, 0] = "
@@ -481,7 +495,13 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     # The step from the kept log_lr (the same number where the step is taken): a Keras step
     # under XLA then computes the new log_lr once, not once for the slot and once for the step.
     lr = config.learning_rate if learning_rate is None else learning_rate
-    update = -lr * tf.exp(new_state.log_lr) * moments.direction
+    direction = moments.direction
+    if config.learned_look_ahead:
+        # The policy's part of the look-ahead (`learned_look_ahead`): its action's tensor mean.
+        weight = config.learned_look_ahead * 0.5 * (action_mean + 1.0) * (1.0 - config.beta1)
+        gradient_direction = tf.clip_by_value(gradient / moments.rms, -config.clip, config.clip)
+        direction = direction + weight * (gradient_direction - direction)
+    update = -lr * tf.exp(new_state.log_lr) * direction
     update = tf.where(finite, update, tf.zeros_like(update))
     return update, new_state
 

@@ -138,6 +138,32 @@ def test_nesterov_steps_part_of_the_way_to_the_look_ahead():
                                    (nu * m_hat + (1 - nu) * g) / np.sqrt(v_hat), rtol=1e-5)
 
 
+def test_learned_look_ahead_takes_its_weight_from_the_actions_tensor_mean():
+    """s = p·(mean a + 1)/2 per tensor: d + s·(1−β1)·(clip(g/√v̂) − d); a constant action is
+    centred away from the step sizes (log_lr stays 0) but sets the look-ahead."""
+    g = np.array([3.0, -1.0, 0.5, 2.0], np.float32)
+    m_old = np.array([-1.0, 2.0, 0.5, 1.0], np.float32)
+    state = features.State(tf.constant(m_old), tf.constant(g * g), tf.zeros(4), tf.zeros(4),
+                           tf.fill([4], 4.0))  # t → 5
+    segments = features.Segments(tf.constant([0, 0, 1, 1], tf.int32), 2)
+    for p, a in ((1.0, 1.0), (0.5, 0.2), (1.0, -1.0)):
+        config = FeatureConfig(nominal_gain=0.0, center_action=True, learned_look_ahead=p)
+        beta1, beta2 = config.beta1, config.beta2
+        update, new_state = features.step(lambda obs, a=a: tf.fill(tf.shape(obs)[:-1], a),
+                                          tf.constant(g), state, config, segments=segments)
+        np.testing.assert_array_equal(new_state.log_lr, np.zeros(4))
+        m_hat = (beta1 * m_old + (1 - beta1) * g) / (1 - beta1 ** 5)
+        rms = np.sqrt((beta2 * g * g + (1 - beta2) * g * g) / (1 - beta2 ** 5))
+        d, s = m_hat / rms, p * (a + 1) / 2
+        np.testing.assert_allclose(-update.numpy() / config.learning_rate,
+                                   d + s * (1 - beta1) * (g / rms - d), rtol=1e-5)
+
+
+def test_learned_look_ahead_needs_a_centred_action():
+    with pytest.raises(ValueError, match=r"^FeatureConfig\.learned_look_ahead: needs center_"):
+        FeatureConfig(learned_look_ahead=1.0)
+
+
 def test_gradient_memory_keeps_the_last_gradient_and_steers_deterministic_tensors_by_it():
     """The fourth state number becomes the gradient (kept where a gradient is non-finite),
     the fifth observation column g_{t−1}/√v̂; each tensor's alignment is a·|c| + c·(1 − |c|),
@@ -339,7 +365,8 @@ def test_scale_free():
                                          ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5),
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
-                                         ("rms_sharing", 1.5), ("nesterov", 1.5)])
+                                         ("rms_sharing", 1.5), ("nesterov", 1.5),
+                                         ("learned_look_ahead", 1.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
         FeatureConfig(**{field: value})
@@ -388,7 +415,9 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
                   anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0),
     FeatureConfig(center_action=True, rms_sharing=0.5),
-    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True)])
+    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True),
+    FeatureConfig(center_action=True, rms_sharing=1.0, learned_look_ahead=1.0,
+                  gradient_memory=True)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),

@@ -168,6 +168,8 @@ def test_embedding_model_trains():
 
 @pytest.mark.parametrize("options", [{}, {"rms_sharing": 1.0},
                                      {"rms_sharing": 1.0, "nesterov": 1.0,
+                                      "gradient_memory": True},
+                                     {"rms_sharing": 1.0, "learned_look_ahead": 1.0,
                                       "gradient_memory": True}])
 def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
