@@ -280,12 +280,8 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     v_hat = v / (1.0 - tf.pow(config.beta2, t))
     rms = tf.sqrt(v_hat) + config.epsilon
     if statistics is None:
-        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler)
-        if config.gradient_memory:
-            # Steered by the last step where the problem is deterministic (`gradient_memory`).
-            last, _ = _tensor_statistics(gradient, state.action, rms, config, sampler)
-            weight = tf.abs(statistics[0])
-            statistics = (weight * last + (1.0 - weight) * statistics[0], statistics[1])
+        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler,
+                                        state.action if config.gradient_memory else None)
     if config.rms_sharing:
         if v_mean is None:
             v_mean = _finite_tensor_mean(_sample(v_hat, sampler), sampler)
@@ -299,7 +295,7 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     if config.nesterov:
         look_ahead = config.nesterov * (1.0 - config.beta1)
         m_hat += look_ahead * (gradient - m_hat)
-    direction = tf.clip_by_value(m_hat / rms, -config.clip, config.clip)
+    direction = _normalized(m_hat, rms, config)
     return _Moments(m, v, t, direction, rms, *statistics, v_mean)
 
 
@@ -402,13 +398,13 @@ def _finite_tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     return total / tf.maximum(_tensor_sum(tf.cast(finite, x.dtype), sampler), 1.0)
 
 
-def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler
-                       ) -> tuple[tf.Tensor, tf.Tensor]:
+def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler,
+                       last_gradient=None) -> tuple[tf.Tensor, tf.Tensor]:
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
-    `momentum` is the previous step's m (or, for `gradient_memory`, gradient), `rms` this
-    step's √v̂ + ε (from `_moments`; sliced here, which XLA fuses into computing them at the
-    sampled coordinates only).
+    `momentum` is the previous step's m, `rms` this step's √v̂ + ε (from `_moments`; sliced
+    here, which XLA fuses into computing them at the sampled coordinates only);
+    `last_gradient` the previous step's gradient where `gradient_memory` blends its cosine in.
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
     keep going the same way (the step size could grow), negative after overshooting: the sign
@@ -423,22 +419,33 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     b = tf.where(finite, momentum / rms, tf.zeros_like(momentum))
     dot, aa, bb = (_tensor_sum(x, sampler) for x in (a * b, a * a, b * b))
     alignment = dot / tf.sqrt(aa * bb + 1e-30)
+    if last_gradient is not None:
+        # Steered by the last step where the problem is deterministic (`gradient_memory`).
+        last = _sample(last_gradient, sampler)
+        b = tf.where(finite, last / rms, tf.zeros_like(last))
+        dot, bb = (_tensor_sum(x, sampler) for x in (a * b, b * b))
+        weight = tf.abs(alignment)
+        alignment = weight * (dot / tf.sqrt(aa * bb + 1e-30)) + (1.0 - weight) * alignment
     if not config.surge_gain:
         return alignment, tf.zeros_like(alignment)
     count = _tensor_sum(tf.cast(finite, a.dtype), sampler)
     return alignment, tf.math.log(aa / tf.maximum(count, 1.0) + 1e-30)
 
 
+def _normalized(x, rms, config: FeatureConfig) -> tf.Tensor:
+    """x/(√v̂ + ε) within ±clip: the direction's and the observation's normalisation."""
+    return tf.clip_by_value(x / rms, -config.clip, config.clip)
+
+
 def _features(gradient, state: State, moments: _Moments, config: FeatureConfig) -> tf.Tensor:
-    c = config.clip
     ones = tf.ones_like(gradient)
     columns = [
-        tf.clip_by_value(gradient / moments.rms, -c, c),
+        _normalized(gradient, moments.rms, config),
         moments.direction,
         # +1 while the gradient keeps the direction of its average, -1 when it oscillates.
         tf.sign(gradient) * tf.sign(state.m),
         ones * moments.alignment,
-        tf.clip_by_value(state.action / moments.rms, -c, c) if config.gradient_memory
+        _normalized(state.action, moments.rms, config) if config.gradient_memory
         else state.action,
         ones * (tf.math.log(moments.t) / _LOG_STEP_SCALE),
     ]
@@ -499,8 +506,7 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     if config.learned_look_ahead:
         # The policy's part of the look-ahead (`learned_look_ahead`): its action's tensor mean.
         weight = config.learned_look_ahead * 0.5 * (action_mean + 1.0) * (1.0 - config.beta1)
-        gradient_direction = tf.clip_by_value(gradient / moments.rms, -config.clip, config.clip)
-        direction = direction + weight * (gradient_direction - direction)
+        direction += weight * (_normalized(gradient, moments.rms, config) - direction)
     update = -lr * tf.exp(new_state.log_lr) * direction
     update = tf.where(finite, update, tf.zeros_like(update))
     return update, new_state
