@@ -165,6 +165,13 @@ class EvaluationConfig:
     """Optimizer steps per evaluation run."""
     epsilon: float = bounded(1e-3, gt=0.0, lt=1.0)
     """Normalized gap that counts as converged."""
+    deep_epsilon: float = bounded(0.0, ge=0.0, lt=1.0)
+    """A second, deeper gap (e.g. 1e-6; 0: off): the analytic families (those without
+    minibatches) are also run for `deep_steps` against learning-rate-tuned Nesterov momentum,
+    and the win rate in steps to this gap counts a third of the selection score (`train.
+    selection_score`): the race to 1e-3 alone does not see whether a policy converges on."""
+    deep_steps: int = bounded(2000, ge=1)
+    """Optimizer steps per run of the deep evaluation."""
 
     __post_init__ = check_bounds
 

@@ -185,7 +185,7 @@ class FeatureConfig:
     learned_look_ahead: float = bounded(0.0, ge=0.0, le=1.0)
     """p: the look-ahead's weight, set by the policy. The mean over the tensor of the policy's
     action a — what `center_action` takes out of the step sizes — gives s = p·(mean a + 1)/2
-    in [0, p], and the step goes along d + s·(1−β1)·(clip(g/√v̂) − d), d the clipped direction:
+    in [0, p], and the step goes along clip((m̂ + s·(1−β1)·(g − m̂))/√v̂) (as `nesterov`'s):
     at s = 1 Nesterov's look-ahead (`nesterov` = 1), at 0 heavy-ball momentum. No hand-made
     signal told a deterministic gradient (where the look-ahead pays) from minibatch noise
     (where it is noise the momentum would have averaged; README, Results); here the agent
@@ -264,6 +264,7 @@ class _Moments(NamedTuple):
     m: tf.Tensor  # new averages, stored in the state
     v: tf.Tensor
     t: tf.Tensor
+    m_hat: tf.Tensor  # bias-corrected, with `nesterov`'s look-ahead
     direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
     rms: tf.Tensor  # √v̂ + ε
     alignment: tf.Tensor  # see `_tensor_statistics`
@@ -278,25 +279,28 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
     # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
     v_hat = v / (1.0 - tf.pow(config.beta2, t))
-    rms = tf.sqrt(v_hat) + config.epsilon
+    if statistics is None or (config.rms_sharing and v_mean is None):
+        # On the sample alone: computed over the whole tensor, the unshared √v̂ of
+        # `rms_sharing` would be a pass of its own that XLA keeps for the sample's statistics.
+        sampled_v_hat = _sample(v_hat, sampler)
     if statistics is None:
-        statistics = _tensor_statistics(gradient, state.m, rms, config, sampler,
+        sampled_rms = tf.sqrt(sampled_v_hat) + config.epsilon
+        statistics = _tensor_statistics(gradient, state.m, sampled_rms, config, sampler,
                                         state.action if config.gradient_memory else None)
     if config.rms_sharing:
         if v_mean is None:
-            v_mean = _finite_tensor_mean(_sample(v_hat, sampler), sampler)
+            v_mean = _finite_tensor_mean(sampled_v_hat, sampler)
         # Shared as far as the tensor's gradient keeps or reverses its direction (see
         # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
         share = config.rms_sharing * tf.abs(statistics[0])
         v_hat = (1.0 - share) * v_hat + share * v_mean
-        rms = tf.sqrt(v_hat) + config.epsilon
+    rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
     m_hat = m / (1.0 - tf.pow(config.beta1, t))
     if config.nesterov:
         look_ahead = config.nesterov * (1.0 - config.beta1)
         m_hat += look_ahead * (gradient - m_hat)
-    direction = _normalized(m_hat, rms, config)
-    return _Moments(m, v, t, direction, rms, *statistics, v_mean)
+    return _Moments(m, v, t, m_hat, _normalized(m_hat, rms, config), rms, *statistics, v_mean)
 
 
 class Segments(NamedTuple):
@@ -402,8 +406,8 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
                        last_gradient=None) -> tuple[tf.Tensor, tf.Tensor]:
     """(alignment, surge) of each coordinate's tensor, on its sample (`STATISTICS_SAMPLE`).
 
-    `momentum` is the previous step's m, `rms` this step's √v̂ + ε (from `_moments`; sliced
-    here, which XLA fuses into computing them at the sampled coordinates only);
+    `momentum` is the previous step's m (sliced here, which XLA fuses into reading the sampled
+    coordinates only), `rms` this step's unshared √v̂ + ε at the sampled coordinates;
     `last_gradient` the previous step's gradient where `gradient_memory` blends its cosine in.
 
     alignment: the cosine of the preconditioned gradient and momentum. Positive while steps
@@ -413,7 +417,7 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     surge: ln of the mean of g²/v̂ over the tensor's finite coordinates (for `surge_gain`;
     0 when the guard is off).
     """
-    gradient, momentum, rms = (_sample(x, sampler) for x in (gradient, momentum, rms))
+    gradient, momentum = (_sample(x, sampler) for x in (gradient, momentum))
     finite = tf.math.is_finite(gradient)
     a = tf.where(finite, gradient / rms, tf.zeros_like(gradient))
     b = tf.where(finite, momentum / rms, tf.zeros_like(momentum))
@@ -505,8 +509,10 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     direction = moments.direction
     if config.learned_look_ahead:
         # The policy's part of the look-ahead (`learned_look_ahead`): its action's tensor mean.
+        # Mixed before the normalisation, as `nesterov`'s: no second pass for g/(√v̂ + ε).
         weight = config.learned_look_ahead * 0.5 * (action_mean + 1.0) * (1.0 - config.beta1)
-        direction += weight * (_normalized(gradient, moments.rms, config) - direction)
+        m_hat = moments.m_hat
+        direction = _normalized(m_hat + weight * (gradient - m_hat), moments.rms, config)
     update = -lr * tf.exp(new_state.log_lr) * direction
     update = tf.where(finite, update, tf.zeros_like(update))
     return update, new_state

@@ -42,6 +42,7 @@ from rl_optimizer import objectives
 from rl_optimizer.config import Config, ConfigError, load_config, to_dict
 from rl_optimizer.environment import OptimizationEnv
 from rl_optimizer.evaluation import PeriodicValidation, resolve_families
+from rl_optimizer.evaluation.validation import DEEP_BASELINE
 from rl_optimizer.export import export_policy, write_text_atomically
 from rl_optimizer.policy import load_policy
 
@@ -250,7 +251,8 @@ class _StopOnInterrupt:
 def make_evaluate_fn(config: Config):
     """The periodic validation `config.evaluation` asks for."""
     e = config.evaluation
-    return PeriodicValidation(e.families, e.instances, e.steps, eps=e.epsilon)
+    return PeriodicValidation(e.families, e.instances, e.steps, eps=e.epsilon,
+                              deep_eps=e.deep_epsilon or None, deep_steps=e.deep_steps)
 
 
 def evaluation_due(config: Config, iteration: int) -> bool:
@@ -312,20 +314,23 @@ def _iterate(run: _Run, iterator):
 
 
 def selection_score(evaluation: dict) -> float:
-    """Win rates against tuned Adam, minus one per diverged run (higher is better).
+    """Win rates against tuned baselines, minus one per diverged run (higher is better).
 
-    Over all validation families, the mean of the win rates in steps to ε (problems optimizers
-    solve) and in final gap (which ranks runs where neither reaches ε in the budget). Where the
-    validation has network families (minibatch gradients, what users train), that counts half
-    and their final-gap win rate the other half: networks are the product, and the analytic
-    families outnumber them. A win rate is at most 1, so any policy with a divergence ranks
-    below every policy without one: the quality bar allows none.
+    Over all validation families, the mean of the win rates against tuned Adam in steps to ε
+    (problems optimizers solve) and in final gap (which ranks runs where neither reaches ε in
+    the budget). Where the validation has network families (minibatch gradients, what users
+    train), their final-gap win rate is a part of equal weight: networks are the product, and
+    the analytic families outnumber them. So is, where `evaluation.deep_epsilon` asks for it,
+    the win rate against tuned Nesterov momentum in steps to that deeper gap. A win rate is at
+    most 1, so any policy with a divergence ranks below every policy without one: the quality
+    bar allows none.
     """
     steps = float(evaluation["win_rate_vs_adam"])
-    score = (steps + float(evaluation.get("final_win_rate_vs_adam", steps))) / 2
-    if "network_final_win_rate_vs_adam" in evaluation:
-        score = (score + float(evaluation["network_final_win_rate_vs_adam"])) / 2
-    return score - float(evaluation["divergences"])
+    parts = [(steps + float(evaluation.get("final_win_rate_vs_adam", steps))) / 2]
+    for key in ("network_final_win_rate_vs_adam", f"deep_win_rate_vs_{DEEP_BASELINE}"):
+        if key in evaluation:
+            parts.append(float(evaluation[key]))
+    return float(np.mean(parts)) - float(evaluation["divergences"])
 
 
 class _BestPolicy:

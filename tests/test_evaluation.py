@@ -166,6 +166,22 @@ def test_periodic_validation_for_the_training_loop(tmp_path):
     assert set(bar["global_basin"]) == {"rastrigin"}
 
 
+def test_periodic_validation_races_the_analytic_families_to_a_deeper_gap():
+    validate = PeriodicValidation(["quadratic", "teacher_mlp"], instances=2, steps=20,
+                                  tuning_instances=2, images=False, deep_eps=1e-6,
+                                  deep_steps=30)
+    assert list(validate.deep_benchmark.families) == ["quadratic"]  # no minibatch family
+    summary = validate(LearnedPolicy.random(seed=0), step=0)
+    assert 0.0 <= summary["deep_win_rate_vs_nesterov"] <= 1.0
+    assert "network_final_win_rate_vs_adam" in summary
+    deep = validate.last_deep
+    assert deep.runs["quadratic"]["nesterov"].steps == deep.runs["quadratic"][deep.policy].steps \
+        == 30
+    assert validate.last.runs["quadratic"]["adam"].steps == 20
+    with pytest.raises(ValueError, match="deep_eps needs a family without minibatches"):
+        PeriodicValidation(["teacher_mlp"], instances=1, steps=5, deep_eps=1e-6)
+
+
 # --- command line ----------------------------------------------------------------------------
 
 

@@ -139,8 +139,9 @@ def test_nesterov_steps_part_of_the_way_to_the_look_ahead():
 
 
 def test_learned_look_ahead_takes_its_weight_from_the_actions_tensor_mean():
-    """s = p·(mean a + 1)/2 per tensor: d + s·(1−β1)·(clip(g/√v̂) − d); a constant action is
-    centred away from the step sizes (log_lr stays 0) but sets the look-ahead."""
+    """s = p·(mean a + 1)/2 per tensor: (m̂ + s·(1−β1)·(g − m̂))/√v̂ (within the clip); a
+    constant action is centred away from the step sizes (log_lr stays 0) but sets the
+    look-ahead."""
     g = np.array([3.0, -1.0, 0.5, 2.0], np.float32)
     m_old = np.array([-1.0, 2.0, 0.5, 1.0], np.float32)
     state = features.State(tf.constant(m_old), tf.constant(g * g), tf.zeros(4), tf.zeros(4),
@@ -154,9 +155,9 @@ def test_learned_look_ahead_takes_its_weight_from_the_actions_tensor_mean():
         np.testing.assert_array_equal(new_state.log_lr, np.zeros(4))
         m_hat = (beta1 * m_old + (1 - beta1) * g) / (1 - beta1 ** 5)
         rms = np.sqrt((beta2 * g * g + (1 - beta2) * g * g) / (1 - beta2 ** 5))
-        d, s = m_hat / rms, p * (a + 1) / 2
+        s = p * (a + 1) / 2
         np.testing.assert_allclose(-update.numpy() / config.learning_rate,
-                                   d + s * (1 - beta1) * (g / rms - d), rtol=1e-5)
+                                   (m_hat + s * (1 - beta1) * (g - m_hat)) / rms, rtol=1e-5)
 
 
 def test_learned_look_ahead_needs_a_centred_action():

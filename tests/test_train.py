@@ -214,3 +214,7 @@ def test_selection_score_weighs_steps_and_final_gap_and_disqualifies_divergence(
     # With network families, their final-gap win rate is half the score.
     assert selection_score({**clean, "network_final_win_rate_vs_adam": 1.0}) == \
         pytest.approx(0.7)
+    # The deep evaluation's win rate (evaluation.deep_epsilon) is a part of the same weight.
+    assert selection_score({**clean, "network_final_win_rate_vs_adam": 1.0,
+                            "deep_win_rate_vs_nesterov": 0.1}) == pytest.approx(0.5)
+    assert selection_score({**clean, "deep_win_rate_vs_nesterov": 1.0}) == pytest.approx(0.7)

@@ -17,6 +17,10 @@ import numpy as np
 from rl_optimizer.evaluation import metrics
 from rl_optimizer.evaluation.sweep import Benchmark, EvaluationResults
 
+DEEP_BASELINE = "nesterov"
+"""The deep evaluation's baseline: the quality bar's at gap 1e-6 (learning-rate-tuned Nesterov
+momentum), which converges linearly where Adam's normalised steps hover."""
+
 
 class PeriodicValidation:
     """`(policy, step, writer) -> dict` of pooled scalars; details go to TensorBoard.
@@ -29,19 +33,40 @@ class PeriodicValidation:
       baselines: what the policy is compared with.
       tuning_instances: validation instances the baselines' learning rates are tuned on.
       images: also write convergence-curve images.
+      deep_eps: a deeper gap (None: none): the families without minibatches are also run for
+        `deep_steps` against tuned `DEEP_BASELINE`, whose win rate in steps to `deep_eps` is
+        `deep_win_rate_vs_nesterov`; their divergences count too.
+      deep_steps: T of those runs (the baseline is tuned for it).
     """
 
     def __init__(self, families: Sequence[str], instances: int = 10, steps: int = 300,
                  eps: float = metrics.HEADLINE_EPS, baselines: Sequence[str] = ("adam",),
-                 tuning_instances: int = 16, images: bool = True):
-        self.eps, self.images = eps, images
+                 tuning_instances: int = 16, images: bool = True,
+                 deep_eps: float | None = None, deep_steps: int = 2000):
+        self.eps, self.images, self.deep_eps = eps, images, deep_eps
         self.benchmark = Benchmark(families, instances, steps, baselines=baselines,
                                    split="validation", tuning_instances=tuning_instances, eps=eps)
+        self.deep_benchmark = None
+        if deep_eps is not None:
+            analytic = [f for f in self.benchmark.families if not self._is_network(f)]
+            if not analytic:
+                raise ValueError("PeriodicValidation: deep_eps needs a family without "
+                                 f"minibatches among {list(self.benchmark.families)}")
+            self.deep_benchmark = Benchmark(
+                analytic, instances, deep_steps, baselines=[DEEP_BASELINE], split="validation",
+                tuning_instances=tuning_instances, eps=deep_eps)
         self.last: EvaluationResults | None = None
+        self.last_deep: EvaluationResults | None = None
 
     def __call__(self, policy, step: int, writer=None) -> dict[str, float]:
         results = self.last = self.benchmark.evaluate(policy)
         summary = self.pooled(results)
+        if self.deep_benchmark is not None:
+            deep = self.last_deep = self.deep_benchmark.evaluate(policy)
+            summary[f"deep_win_rate_vs_{DEEP_BASELINE}"] = deep.comparison(
+                DEEP_BASELINE, eps=self.deep_eps).win_rate
+            summary["divergences"] += int(sum(deep.runs[f][deep.policy].diverged.sum()
+                                              for f in deep.families))
         if writer is not None:
             self.write(results, summary, step, writer)
         return summary
