@@ -279,10 +279,10 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
     # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
     v_hat = v / (1.0 - tf.pow(config.beta2, t))
-    if statistics is None or (config.rms_sharing and v_mean is None):
-        # On the sample alone: computed over the whole tensor, the unshared √v̂ of
-        # `rms_sharing` would be a pass of its own that XLA keeps for the sample's statistics.
-        sampled_v_hat = _sample(v_hat, sampler)
+    # The statistics' unshared v̂ on the sample alone: computed over the whole tensor, the
+    # unshared √v̂ of `rms_sharing` would be a pass of its own that XLA keeps for the sample.
+    # (Unused, and pruned from the graph, where the caller passes both.)
+    sampled_v_hat = _sample(v_hat, sampler)
     if statistics is None:
         sampled_rms = tf.sqrt(sampled_v_hat) + config.epsilon
         statistics = _tensor_statistics(gradient, state.m, sampled_rms, config, sampler,
