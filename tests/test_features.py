@@ -198,6 +198,56 @@ def test_gradient_memory_keeps_the_last_gradient_and_steers_deterministic_tensor
     np.testing.assert_array_equal(new_state.action.numpy(), want)
 
 
+def _gated_step(g, last, config, segments=None):
+    """One step from a state whose momentum is the last gradient, at t → 4."""
+    n = g.size
+    state = features.State(tf.constant(last), tf.constant(last * last), tf.zeros(n),
+                           tf.constant(last), tf.fill([n], 3.0))
+    return features.step(_zero_actor, tf.constant(g), state, config, segments=segments)
+
+
+def test_determinism_gate_reads_the_cosine_with_the_last_gradient():
+    """w = 1 where the gradient repeats or reverses its last one (a deterministic tensor, at
+    rest or oscillating), 0 where the two are unrelated (minibatch noise), and 0 for a tensor
+    of one coordinate, whose cosine is ±1 by chance: with w = 0 the look-ahead and the sharing
+    are off (the step is heavy-ball Adam's), with w = 1 both are on."""
+    gated = dict(gradient_memory=True, determinism_gate=True, nominal_gain=0.0)
+    on = FeatureConfig(**gated, nesterov=1.0, rms_sharing=1.0)
+    off = FeatureConfig(**gated)
+    ungated = FeatureConfig(gradient_memory=True, nominal_gain=0.0, nesterov=1.0)
+    rng = np.random.default_rng(11)
+    g = rng.normal(size=400).astype(np.float32)
+    noise = rng.normal(size=400).astype(np.float32)
+    last = noise - g * np.dot(g, noise) / np.dot(g, g)  # orthogonal to g
+    np.testing.assert_allclose(_gated_step(g, last, on)[0], _gated_step(g, last, off)[0],
+                               rtol=1e-6)
+    assert not np.allclose(_gated_step(g, last, ungated)[0], _gated_step(g, last, off)[0])
+    for last in (g, -g):
+        stepped = _gated_step(g, last.copy(), on)[0].numpy()
+        assert not np.allclose(stepped, _gated_step(g, last.copy(), off)[0], rtol=1e-3)
+        beta1, beta2 = on.beta1, on.beta2
+        m_hat = (beta1 * last + (1 - beta1) * g) / (1 - beta1 ** 4)
+        v_hat = (beta2 * last * last + (1 - beta2) * g * g) / (1 - beta2 ** 4)
+        look_ahead = beta1 * m_hat + (1 - beta1) * g
+        np.testing.assert_allclose(-stepped / on.learning_rate,
+                                   np.clip(look_ahead / np.sqrt(np.mean(v_hat)), -5, 5),
+                                   rtol=1e-4)
+    one = np.array([2.0], np.float32)
+    np.testing.assert_allclose(_gated_step(one, one.copy(), on)[0],
+                               _gated_step(one, one.copy(), off)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("gradient_memory", False, r"^FeatureConfig\.determinism_gate: needs gradient_memory"),
+    ("determinism_high", 0.1, r"^FeatureConfig\.determinism_high: must be above"),
+])
+def test_determinism_gate_checks_its_config(field, value, match):
+    kwargs = dict(gradient_memory=True, determinism_gate=True)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=match):
+        FeatureConfig(**kwargs)
+
+
 def test_zero_gradient_takes_no_step():
     update, _ = features.step(_zero_actor, tf.zeros([3]), features.init_state([3]),
                               FeatureConfig())
@@ -417,6 +467,8 @@ def test_large_tensors_statistics_use_a_strided_sample():
                   anchor_rate=0.05, anchor_log_lr=-0.5, floor_alignment=0.3, floor_log_lr=-1.0),
     FeatureConfig(center_action=True, rms_sharing=0.5),
     FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True),
+    FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True,
+                  determinism_gate=True),
     FeatureConfig(center_action=True, rms_sharing=1.0, learned_look_ahead=1.0,
                   gradient_memory=True)])
 def test_sampled_statistics_agree_across_paths(config):

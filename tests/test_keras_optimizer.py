@@ -169,14 +169,16 @@ def test_embedding_model_trains():
 @pytest.mark.parametrize("options", [{}, {"rms_sharing": 1.0},
                                      {"rms_sharing": 1.0, "nesterov": 1.0,
                                       "gradient_memory": True},
+                                     {"rms_sharing": 1.0, "nesterov": 1.0,
+                                      "gradient_memory": True, "determinism_gate": True},
                                      {"rms_sharing": 1.0, "learned_look_ahead": 1.0,
                                       "gradient_memory": True}])
 def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
     the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate),
-    with the tensor's mean v̂ of `rms_sharing` and the last gradient's alignment of
-    `gradient_memory` too."""
+    with the tensor's mean v̂ of `rms_sharing`, the last gradient's alignment of
+    `gradient_memory` and the count of `determinism_gate`'s chance level too."""
     shipped = load_policy("default")
     policy = LearnedPolicy([k.numpy() for k in shipped.kernels],
                            [b.numpy() for b in shipped.biases],
