@@ -212,9 +212,10 @@ class FeatureConfig:
     deterministic gradient changes little in one step or reverses (|a| near 1, whether it
     converges monotonically or oscillates); minibatch noise draws a fresh gradient each step
     (|a| near what two random vectors give). Near a deterministic minimum c falls to what noise
-    gives, |a| does not (ship4's trajectories, gap 1e-6…1e-3, median |a| 0.86–0.93 on the
-    analytic families against 0.09–0.16 on teacher MLPs and RNNs; |c| 0.34–0.64 against
-    0.11–0.15). w = clip((d − determinism_low)/(determinism_high − determinism_low), 0, 1),
+    gives, |a| does not (the `determinism` benchmark, on the shipped policy's trajectories:
+    at gap 1e-6…1e-3 median |a| 0.86–0.93 per analytic family, |c| 0.34–0.64; on teacher MLPs
+    and RNNs below gap 0.2, 0.08–0.16 and 0.10–0.15).
+    w = clip((d − determinism_low)/(determinism_high − determinism_low), 0, 1),
     where d is |a| less what random vectors of the tensor's sampled size n give
     (√(2/(π(n − ½))), so a 3-coordinate bias is not called deterministic by chance),
     rescaled to [0, 1]. w then sets the alignment's blend (w·a + (1 − w)·c), the share of
