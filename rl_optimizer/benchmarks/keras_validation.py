@@ -4,13 +4,14 @@
         [--tasks a,b] [--seeds 0,1] [--tuned]
 
 Training keeps the actor that scores best on its validation instances: the analytic families
-and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These eight
+and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These nine
 models are a validation set of what users train, for choosing between policies that training
 has already selected, before any of them meets the suite (`rl-optimizer evaluate`) or the
 holdout (`keras_holdout`), which stay the test: other data (made in code or bundled with
 scikit-learn; never digits, breast cancer, wine, iris, diabetes, moons, nor the suite's
 sequences and tokens), other models (BatchNorm in an MLP and a CNN, Dropout, SimpleRNN, an
-Embedding with max pooling, an autoencoder, a regression, ELU), and the same comparison as
+Embedding with max pooling, an autoencoder, a regression, ELU, a first layer fed
+unstandardised inputs), and the same comparison as
 `keras_holdout` (`model.fit`, batch 32, final training loss; `Adam()`, and with --tuned
 learning-rate-tuned Adam).
 """
@@ -54,6 +55,19 @@ def _four_classes(seed):
     x, y = make_classification(1500, 20, n_informative=10, n_classes=4,
                                random_state=100 + seed)
     return _standardized_split(x, y, seed)
+
+
+def _raw_features(seed):
+    """Four classes of 20 features, unstandardised: each feature scaled by 0.1…100 and offset
+    by 0.1…100, as raw measurements are (a first layer whose coordinates' gradients differ in
+    scale for a reason that is not stale history; `Adam()` still trains it)."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(1500, 20, n_informative=10, n_classes=4,
+                               random_state=200 + seed)
+    rng = np.random.default_rng(6000 + seed)
+    x = x * 10 ** rng.uniform(-1, 2, 20) + 10 ** rng.uniform(-1, 2, 20)
+    return kt._xy_split(x.astype(np.float32), y, seed)
 
 
 def _blobs(seed):
@@ -133,6 +147,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          kt._sparse_ce, "accuracy", 10),
     Task("blobs_elu", "5 blobs in 10 features, MLP 32-5 (ELU)", _blobs,
          kt._sequential((10,), _dense(32, "elu"), _dense(5)), kt._sparse_ce, "accuracy", 30),
+    Task("raw_features_mlp", "4 classes of 20 unstandardised features, MLP 32-4", _raw_features,
+         kt._sequential((20,), _dense(32, "relu"), _dense(4)), kt._sparse_ce, "accuracy", 40),
 ]}
 
 
