@@ -63,3 +63,21 @@ def test_keras_validation_tasks_are_neither_the_suite_nor_the_holdout():
         x, y, _, _ = task.data(0)
         loss = task.loss()(y[:4], task.model()(x[:4]))
         assert np.isfinite(loss.numpy()), task.name
+
+
+def test_a_classifier_left_at_chance_is_marked_where_adam_trained_it():
+    """Test accuracy within 0.02 of the majority class's share, where `Adam()`'s is above it;
+    never for a regression's metric."""
+    import numpy as np
+
+    from rl_optimizer.benchmarks import keras_holdout, keras_validation
+
+    task = keras_validation.TASKS["raw_features_mlp"]
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 3, 3, 3])  # majority share 0.4
+    data = (None, None, None, labels)
+    at_chance = keras_holdout._at_chance
+    assert at_chance(task, data, {"test_metric": 0.41}, {"test_metric": 0.6})
+    assert not at_chance(task, data, {"test_metric": 0.45}, {"test_metric": 0.6})
+    assert not at_chance(task, data, {"test_metric": 0.41}, {"test_metric": 0.41})
+    regression = keras_validation.TASKS["friedman_regression"]
+    assert not at_chance(regression, data, {"test_metric": 0.0}, {"test_metric": 1.0})

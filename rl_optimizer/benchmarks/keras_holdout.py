@@ -12,7 +12,11 @@ the same initial weights with both optimizers (`model.fit`, batch 32) and compar
 training loss. Each seed draws other initial weights, data splits and minibatch orders; one
 seed decides a task by one trajectory, and a CNN with BatchNorm can blow up on one seed and
 not the next. The last line is `wins_vs_adam_default: K/N` over every seed and task (with
-more than one seed, a line per seed comes before it).
+more than one seed, a line per seed comes before it). Before those, `learned_at_chance: K/N`
+counts the classifiers the learned optimizer left at chance (test accuracy within 0.02 of the
+majority class's share) where `Adam()` trained them; each is marked on its line. Its loss
+can still win: a network at chance ends near ln(classes), an `Adam()` whose logits grew
+overconfident can end above it.
 
 With --tuned, Adam with its learning rate tuned as the suite tunes it (over
 `keras_tasks.ADAM_GRID`, on final training loss from initialisation seed + 1) is compared
@@ -155,7 +159,7 @@ def compare(argv, description: str, tasks: dict[str, Task], quick: dict) -> int:
         {"--tuned": "also against Adam with its learning rate tuned (five more trainings "
                     "per task and seed)"})
     policy = load_policy(args.policy)
-    wins, tuned_wins = {}, {}
+    wins, tuned_wins, at_chance = {}, {}, 0
     for seed in seeds:
         wins[seed] = tuned_wins[seed] = 0
         for name in names:
@@ -166,9 +170,12 @@ def compare(argv, description: str, tasks: dict[str, Task], quick: dict) -> int:
             adam = kt.train(task, tf.keras.optimizers.Adam(), epochs, seed, data)
             win = kt.beats(learned, adam)
             wins[seed] += win
+            chance = _at_chance(task, data, learned, adam)
+            at_chance += chance
             line = (f"{f'seed {seed} ' if len(seeds) > 1 else ''}{name}: learned "
                     f"{learned['final_loss']:.4g} ({task.metric} {learned['test_metric']:.3f}"
-                    f"{', diverged' if learned['diverged'] else ''}), Adam() "
+                    f"{', diverged' if learned['diverged'] else ''}"
+                    f"{', at chance' if chance else ''}), Adam() "
                     f"{adam['final_loss']:.4g} ({task.metric} {adam['test_metric']:.3f}): "
                     f"{'win' if win else 'loss'}")
             if args.tuned:
@@ -180,6 +187,7 @@ def compare(argv, description: str, tasks: dict[str, Task], quick: dict) -> int:
                 line += (f"; Adam(tuned {rate:g}) {tuned['final_loss']:.4g}: "
                          f"{'win' if tuned_win else 'loss'}")
             print(line, flush=True)
+    print(f"learned_at_chance: {at_chance}/{len(names) * len(seeds)}")
     if len(seeds) > 1:
         for seed, count in wins.items():
             print(f"wins_vs_adam_default_seed_{seed}: {count}/{len(names)}")
@@ -189,6 +197,21 @@ def compare(argv, description: str, tasks: dict[str, Task], quick: dict) -> int:
         print(f"wins_vs_adam_tuned: {sum(tuned_wins.values())}/{len(names) * len(seeds)}")
     print(f"wins_vs_adam_default: {sum(wins.values())}/{len(names) * len(seeds)}")
     return 0
+
+
+CHANCE_MARGIN = 0.02
+"""A classifier whose test accuracy is within this of the majority class's share did not
+train (its loss can still be below an `Adam()` whose logits grew overconfident)."""
+
+
+def _at_chance(task: Task, data, learned: dict, adam: dict) -> bool:
+    """Whether the learned optimizer left a classifier at chance where `Adam()` trained it."""
+    if task.metric != "accuracy":
+        return False
+    labels = np.asarray(data[3]).ravel().astype(np.int64)
+    majority = np.bincount(labels).max() / labels.size
+    return (learned["test_metric"] <= majority + CHANCE_MARGIN
+            < adam["test_metric"])
 
 
 if __name__ == "__main__":
