@@ -65,8 +65,7 @@ class PeriodicValidation:
             deep = self.last_deep = self.deep_benchmark.evaluate(policy)
             summary[f"deep_win_rate_vs_{DEEP_BASELINE}"] = deep.comparison(
                 DEEP_BASELINE, eps=self.deep_eps).win_rate
-            summary["divergences"] += int(sum(deep.runs[f][deep.policy].diverged.sum()
-                                              for f in deep.families))
+            summary["divergences"] += _divergences(deep)
         if writer is not None:
             self.write(results, summary, step, writer)
         return summary
@@ -90,7 +89,7 @@ class PeriodicValidation:
                 out[f"network_final_win_rate_vs_{b}"] = float(np.mean(np.concatenate(networks)))
         out["success_rate"] = float(np.mean(np.concatenate(
             [np.isfinite(r.success_steps(self.eps)) for r in mine])))
-        out["divergences"] = int(sum(r.diverged.sum() for r in mine))
+        out["divergences"] = _divergences(results)
         return out
 
     def _is_network(self, family: str) -> bool:
@@ -114,6 +113,11 @@ class PeriodicValidation:
                     tf.summary.image(f"eval/curves_{family}",
                                      tf.image.decode_png(png, channels=4)[None])
         writer.flush()
+
+
+def _divergences(results: EvaluationResults) -> int:
+    """The policy's diverged runs over every family of `results`."""
+    return int(sum(results.runs[f][results.policy].diverged.sum() for f in results.families))
 
 
 def _final_log_gap(runs) -> np.ndarray:
