@@ -23,7 +23,7 @@ import tensorflow as tf
 
 import rl_optimizer  # noqa: F401  (quiets TensorFlow's start-up banner)
 from rl_optimizer import features
-from rl_optimizer.evaluation.runner import MINIBATCH_SEED
+from rl_optimizer.evaluation.runner import MINIBATCH_SEED, expected_retracing
 from rl_optimizer.objectives.base import ObjectiveBatch, get_family, seeds
 from rl_optimizer.policy import load_policy
 
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(args.policy)
     pooled = {False: ([], []), True: ([], [])}
     for family in families:
-        gaps, with_last, with_momentum, stochastic = trajectories(
-            policy, family, args.instances, args.steps)
+        with expected_retracing():  # each family's batch traces its own functions
+            gaps, with_last, with_momentum, stochastic = trajectories(
+                policy, family, args.instances, args.steps)
         for low, high in BANDS:
             picked = (gaps >= low) & (gaps < high)
             if picked.any():

@@ -185,7 +185,7 @@ class _DropRetracingWarnings(logging.Filter):
 
 
 @contextlib.contextmanager
-def _expected_retracing():
+def expected_retracing():
     """Every run traces anew (new variables, a new batch structure): TF's warning about that
     is expected noise here, so it is dropped while a run traces; other warnings pass."""
     drop = _DropRetracingWarnings()
@@ -215,7 +215,7 @@ def run_optimizers(specs: Sequence[OptimizerSpec], objectives: Sequence[Objectiv
         raise ValueError("run_optimizers needs at least one optimizer and one objective")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    with _expected_retracing():
+    with expected_retracing():
         one = ObjectiveBatch(objectives)
         batch = ObjectiveBatch(list(objectives) * len(specs))
         loop = _Loop(specs, batch, one.size)
