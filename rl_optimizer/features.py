@@ -32,7 +32,8 @@ One step, given the gradient g of a coordinate in tensor T:
      ln surge_threshold) (the blow-up guard) and pull = anchor_rate·max(0, anchor_log_lr −
      log_lr) (the anchor); below floor_log_lr, log_lr falls only where alignment <
      −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
-     log_lr kept within `max_spread` of its tensor's mean);
+     log_lr kept within `max_spread` of its tensor's mean; the increment up to (1 + b)× in
+     the first steps where g has hardly changed since g_{t−1}, `startup_boost`);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip) (option: Nesterov's
      look-ahead β1·m̂ + (1−β1)·g in place of m̂, or part of the way, `nesterov`; or as far as
      the mean over T of the action says, `learned_look_ahead`).
@@ -100,10 +101,10 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory`, `learned_look_ahead` and
-`determinism_gate`: off by default, so an older policy's `FeatureConfig` means what it
-meant; a policy that sets them fails to load in an older release, whose `FeatureConfig` does
-not know them.)"""
+noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory`, `learned_look_ahead`,
+`determinism_gate` and `startup_boost`: off by default, so an older policy's `FeatureConfig`
+means what it meant; a policy that sets them fails to load in an older release, whose
+`FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -223,6 +224,24 @@ class FeatureConfig:
     deterministic gradient; it cannot tell a stale per-coordinate scale from a true one: a
     first layer fed unstandardised inputs has consistent gradients early on, is shared, and
     its ReLUs die (README, Results: runs/dg0). False: |c| does (the shipped policy's setting)."""
+    startup_boost: float = bounded(0.0, ge=0.0)
+    """b: in the first `startup_steps` steps, with `gradient_memory`, log_lr's increment is
+    multiplied by 1 + b·s, where s = clip((c − startup_low)/(startup_high − startup_low), 0, 1)
+    and c is the cosine of g/√v̂ with g_{t−1}/√v̂ over the tensor (signed). Every problem starts
+    at the same log_lr, and the controller climbs at most `increment` per step: a deterministic
+    problem whose scale wants a much larger step loses its first ~10 steps to the climb (on the
+    convex families, most of the gap to tuned Nesterov momentum at gap 1e-6, which it reaches
+    in 30–100 steps). A gradient that has hardly changed after a step (c near 1) says the step
+    was too small to matter; minibatch noise keeps c well below that on networks, whose
+    steps a faster climb blows up (a boost without the gate, or after the start, lost small
+    Keras networks' final loss: README, Results). A tensor of one coordinate (c = ±1) is
+    boosted while its gradient keeps its sign. 0: off (the shipped policy's setting)."""
+    startup_steps: float = bounded(10.0, gt=0.0)
+    """How many steps (t ≤ startup_steps) `startup_boost` lasts."""
+    startup_low: float = bounded(0.9, ge=-1.0, lt=1.0)
+    """Where `startup_boost`'s s starts to rise from 0."""
+    startup_high: float = bounded(0.97, gt=-1.0, le=1.0)
+    """Where `startup_boost`'s s reaches 1; > `startup_low`."""
     determinism_low: float = bounded(0.1, ge=0.0, lt=1.0)
     """Where `determinism_gate`'s w starts to rise from 0."""
     determinism_high: float = bounded(0.4, gt=0.0, le=1.0)
@@ -251,6 +270,13 @@ class FeatureConfig:
             raise ValueError("FeatureConfig.determinism_gate: needs gradient_memory (the gate "
                              "is the gradient's cosine with the last gradient, which only "
                              "gradient_memory keeps)")
+        if self.startup_boost and not self.gradient_memory:
+            raise ValueError("FeatureConfig.startup_boost: needs gradient_memory (the boost "
+                             "is gated by the gradient's cosine with the last gradient, which "
+                             "only gradient_memory keeps)")
+        if self.startup_high <= self.startup_low:
+            raise ValueError("FeatureConfig.startup_high: must be above startup_low "
+                             f"({self.startup_low!r}), got {self.startup_high!r}")
         if self.determinism_high <= self.determinism_low:
             raise ValueError("FeatureConfig.determinism_high: must be above determinism_low "
                              f"({self.determinism_low!r}), got {self.determinism_high!r}")
@@ -300,6 +326,7 @@ class _Moments(NamedTuple):
     alignment: tf.Tensor  # see `_tensor_statistics`
     surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
     determinism: tf.Tensor  # w in [0, 1], see `_tensor_statistics`
+    steady: tf.Tensor  # `startup_boost`'s s in [0, 1], see `_tensor_statistics`
     v_mean: tf.Tensor | None  # the tensor's mean v̂ where `rms_sharing` uses it, else None
 
 
@@ -436,8 +463,8 @@ def _finite_tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
 
 
 def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler,
-                       last_gradient=None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(alignment, surge, determinism) of each coordinate's tensor, on its sample
+                       last_gradient=None) -> tuple[tf.Tensor, ...]:
+    """(alignment, surge, determinism, steady) of each coordinate's tensor, on its sample
     (`STATISTICS_SAMPLE`).
 
     `momentum` is the previous step's m (sliced here, which XLA fuses into reading the sampled
@@ -453,6 +480,7 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     determinism: w in [0, 1], how far the tensor's gradient is deterministic, for
     `rms_sharing` and (with `determinism_gate`) `nesterov`: |alignment| without
     `determinism_gate`, else from the cosine with the last gradient (see `determinism_gate`).
+    steady: `startup_boost`'s s from the cosine with the last gradient (0 when off).
     """
     gradient, momentum = (_sample(x, sampler) for x in (gradient, momentum))
     finite = tf.math.is_finite(gradient)
@@ -475,9 +503,14 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
             weight = tf.abs(alignment)
         alignment = weight * last_cosine + (1.0 - weight) * alignment
     determinism = weight if config.determinism_gate else tf.abs(alignment)
-    if not config.surge_gain:
-        return alignment, tf.zeros_like(alignment), determinism
-    return alignment, tf.math.log(aa / tf.maximum(count, 1.0) + 1e-30), determinism
+    steady = tf.zeros_like(alignment)
+    if config.startup_boost:  # needs gradient_memory, hence last_cosine
+        steady = tf.clip_by_value((last_cosine - config.startup_low)
+                                  / (config.startup_high - config.startup_low), 0.0, 1.0)
+    surge = tf.zeros_like(alignment)
+    if config.surge_gain:
+        surge = tf.math.log(aa / tf.maximum(count, 1.0) + 1e-30)
+    return alignment, surge, determinism, steady
 
 
 def _determinism(last_cosine, count, config: FeatureConfig):
@@ -537,11 +570,11 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     `center_action` or `max_spread` needs it."""
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
     action = _increment(action, moments.alignment, moments.surge, action_mean, config)
-    log_lr = _stepped_log_lr(state.log_lr, action, config)
+    log_lr = _stepped_log_lr(state.log_lr, action, config, _boost(moments, config))
     if config.max_spread:
         sampled_log_lr = _stepped_log_lr(_sample(state.log_lr, sampler), _increment(
             sampled_action, _sample(moments.alignment, sampler), _sample(moments.surge, sampler),
-            action_mean, config), config)
+            action_mean, config), config, _boost(moments, config, sampler))
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
     if config.floor_alignment:
@@ -571,9 +604,21 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     return update, new_state
 
 
-def _stepped_log_lr(log_lr, increment, config: FeatureConfig):
-    """log_lr moved by `increment` (from `_increment`) and the anchor's pull, before bounds."""
-    return log_lr + config.increment * increment + _anchor_pull(log_lr, config)
+def _boost(moments: _Moments, config: FeatureConfig, sampler: _Sampler | None = None):
+    """`startup_boost`'s factor on the increment (on the tensor's sample, given `sampler`)."""
+    if not config.startup_boost:
+        return 1.0
+    steady, t = moments.steady, moments.t
+    if sampler is not None:
+        steady, t = _sample(steady, sampler), _sample(t, sampler)
+    starting = tf.cast(t <= config.startup_steps, steady.dtype)
+    return 1.0 + config.startup_boost * starting * steady
+
+
+def _stepped_log_lr(log_lr, increment, config: FeatureConfig, boost=1.0):
+    """log_lr moved by `increment` (from `_increment`, times `boost`) and the anchor's pull,
+    before bounds."""
+    return log_lr + boost * config.increment * increment + _anchor_pull(log_lr, config)
 
 
 def _anchor_pull(log_lr, config: FeatureConfig):
@@ -619,7 +664,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
             sample_gradient = _sample(gradient, sampler)
             sample_moments = _moments(sample_gradient, sample_state, config, sampler,
                                       (moments.alignment, moments.surge,
-                                       moments.determinism), moments.v_mean)
+                                       moments.determinism, moments.steady), moments.v_mean)
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action

@@ -237,6 +237,44 @@ def test_determinism_gate_reads_the_cosine_with_the_last_gradient():
                                _gated_step(one, one.copy(), off)[0], rtol=1e-6)
 
 
+def test_startup_boost_speeds_the_climb_where_the_gradient_held():
+    """In the first startup_steps steps log_lr moves (1 + b·s) times as far, s = 1 where the
+    gradient repeats its last one, 0 where the two are unrelated or reversed; after them, or
+    with b = 0, it moves as without the option."""
+    memory = dict(gradient_memory=True, nominal_gain=1.5)
+    boosted = FeatureConfig(**memory, startup_boost=2.0)
+    plain = FeatureConfig(**memory)
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=300).astype(np.float32)
+    noise = rng.normal(size=300).astype(np.float32)
+    orthogonal = noise - g * np.dot(g, noise) / np.dot(g, g)
+
+    def log_lr(last, config, t=3.0):
+        state = features.State(tf.constant(last), tf.constant(last * last), tf.zeros(300),
+                               tf.constant(last), tf.fill([300], t))
+        return features.step(_zero_actor, tf.constant(g), state, config)[1].log_lr.numpy()
+
+    plain_rise = log_lr(g, plain)
+    assert np.all(plain_rise > 0)
+    np.testing.assert_allclose(log_lr(g, boosted), 3.0 * plain_rise, rtol=1e-5)
+    for last in (orthogonal, -g):
+        np.testing.assert_allclose(log_lr(last, boosted), log_lr(last, plain), rtol=1e-6)
+    # Step 11 > startup_steps = 10: over.
+    np.testing.assert_allclose(log_lr(g, boosted, t=10.0), log_lr(g, plain, t=10.0),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("gradient_memory", False, r"^FeatureConfig\.startup_boost: needs gradient_memory"),
+    ("startup_high", 0.8, r"^FeatureConfig\.startup_high: must be above"),
+])
+def test_startup_boost_checks_its_config(field, value, match):
+    kwargs = dict(gradient_memory=True, startup_boost=1.0)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=match):
+        FeatureConfig(**kwargs)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("gradient_memory", False, r"^FeatureConfig\.determinism_gate: needs gradient_memory"),
     ("determinism_high", 0.1, r"^FeatureConfig\.determinism_high: must be above"),
@@ -470,7 +508,9 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True, rms_sharing=1.0, nesterov=1.0, gradient_memory=True,
                   determinism_gate=True),
     FeatureConfig(center_action=True, rms_sharing=1.0, learned_look_ahead=1.0,
-                  gradient_memory=True)])
+                  gradient_memory=True),
+    FeatureConfig(center_action=True, max_spread=0.5, rms_sharing=0.5, nesterov=1.0,
+                  gradient_memory=True, determinism_gate=True, startup_boost=2.0)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),
@@ -481,9 +521,13 @@ def test_sampled_statistics_agree_across_paths(config):
     alone = features.init_state(shape)
     together = features.init_state([5600 + 7])
     segments = features.Segments(tf.constant([1] * 7 + [0] * 5600), 2)
+    held = rng.normal(size=shape)
     for step in range(6):
-        # Growing gradients, so that the blow-up guard acts where it is on.
-        g = (rng.normal(size=shape) * 1.6 ** step).astype(np.float32)
+        # Growing gradients, so that the blow-up guard acts where it is on; where
+        # startup_boost is, mostly the same direction each step, so that it boosts.
+        g = rng.normal(size=shape) * (0.05 if config.startup_boost else 1.0)
+        g = g + (held if config.startup_boost else 0.0)
+        g = (g * 1.6 ** step).astype(np.float32)
         small = rng.normal(size=7).astype(np.float32)
         update, alone_next = features.step(actor, tf.constant(g), alone, config)
         obs = features.observation(tf.constant(g), alone, config)
@@ -495,4 +539,10 @@ def test_sampled_statistics_agree_across_paths(config):
         np.testing.assert_allclose(together.log_lr[7:], alone_next.log_lr.numpy().ravel(),
                                    rtol=1e-5, atol=1e-6)
         alone = alone_next
-    assert np.ptp(alone.log_lr.numpy()) > 0.1  # the actor did spread the step sizes
+    if config.startup_boost:
+        # Boosted: more than six unboosted steps' largest rise (the held gradient leaves the
+        # actor less to spread).
+        assert np.mean(alone.log_lr.numpy()) > 6 * config.increment
+        assert np.ptp(alone.log_lr.numpy()) > 0.03
+    else:
+        assert np.ptp(alone.log_lr.numpy()) > 0.1  # the actor did spread the step sizes

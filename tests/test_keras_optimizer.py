@@ -172,13 +172,17 @@ def test_embedding_model_trains():
                                      {"rms_sharing": 1.0, "nesterov": 1.0,
                                       "gradient_memory": True, "determinism_gate": True},
                                      {"rms_sharing": 1.0, "learned_look_ahead": 1.0,
-                                      "gradient_memory": True}])
+                                      "gradient_memory": True},
+                                     {"rms_sharing": 0.5, "nesterov": 1.0,
+                                      "gradient_memory": True, "determinism_gate": True,
+                                      "startup_boost": 2.0}])
 def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
     the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate),
     with the tensor's mean v̂ of `rms_sharing`, the last gradient's alignment of
-    `gradient_memory` and the count of `determinism_gate`'s chance level too."""
+    `gradient_memory`, the count of `determinism_gate`'s chance level and the sampled step
+    count of `startup_boost` (with `max_spread`) too."""
     shipped = load_policy("default")
     policy = LearnedPolicy([k.numpy() for k in shipped.kernels],
                            [b.numpy() for b in shipped.biases],
@@ -196,8 +200,11 @@ def test_embedding_model_under_jit_compile_steps_as_without(options):
         model.compile(optimizer=LearnedOptimizer(policy), loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0)
         weights[jit] = model.get_weights()
+    # XLA's fused sums differ in the last bits (the embedding's rows by ~2e-4 relative in
+    # every config); `startup_boost`'s larger first steps carry that into the dense bias.
+    rtol = 3e-4 if options.get("startup_boost") else 1e-4
     for compiled, plain in zip(weights[True], weights[False]):
-        np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(compiled, plain, rtol=rtol, atol=1e-6)
 
 
 def _custom_sparse_steps(jit_compile: bool, indices, target, steps: int = 5):
