@@ -8,6 +8,7 @@ from rl_optimizer.objectives import ObjectiveBatch, get_family, rescaled
 
 REGRESSIONS = [("teacher_mlp", {"task": "regression", "outputs": 2}),
                ("teacher_mlp", {"task": "regression", "activation": "tanh", "layers": 1}),
+               ("teacher_mlp", {"task": "regression", "input_offset": 3.0}),
                ("teacher_rnn", {})]
 
 
@@ -67,7 +68,18 @@ def test_rescaled_keeps_gaps_and_scales_gradients():
         rescaled(objective, 0.0, 1.0)
 
 
+def test_input_offset_shifts_each_feature_and_keeps_the_targets():
+    plain = get_family("teacher_mlp", n_samples=2000).sample(4)
+    shifted = get_family("teacher_mlp", n_samples=2000, input_offset=3.0).sample(4)
+    np.testing.assert_array_equal(shifted.params["targets"], plain.params["targets"])
+    np.testing.assert_array_equal(shifted.x0, plain.x0)
+    offset = shifted.params["inputs"] - plain.params["inputs"]
+    np.testing.assert_allclose(offset, np.broadcast_to(offset[0], offset.shape))  # per feature
+    assert np.all((offset[0] >= 0.0) & (offset[0] <= 3.0)) and np.ptp(offset[0]) > 0.5
+
+
 @pytest.mark.parametrize("params,name", [({"task": "nope"}, "task"),
+                                         ({"input_offset": -1.0}, "input_offset"),
                                          ({"batch_size": 600}, "batch_size"),
                                          ({"task": "autoencoder", "hidden": 9}, "hidden")])
 def test_bad_parameters_are_named(params, name):

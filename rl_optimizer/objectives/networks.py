@@ -90,6 +90,14 @@ class TeacherMLP(ObjectiveFamily):
     "regression" (mean squared error to the teacher's outputs) and "autoencoder" (a deep linear
     network reconstructing rank-`hidden` inputs through a `hidden`-wide bottleneck: the
     classic nonconvex landscape of Saxe et al. 2014, minimum 0).
+
+    `input_offset` > 0 shifts each input feature by its own offset, uniform in
+    [0, input_offset] (the inputs are standard normal before it): features that are not
+    centred, as min-max-scaled or raw measurements are. The teacher's function (hence the
+    targets) is of the unshifted inputs, so the student's first-layer bias can absorb the
+    shift and the minimum stays where it was. A Keras MLP fed min-max-scaled features is where
+    the shipped policy's steps, all of a unit's weights moving together, kill the ReLUs
+    (README, Results).
     """
 
     name = "teacher_mlp"
@@ -101,9 +109,11 @@ class TeacherMLP(ObjectiveFamily):
     activation: str = "relu"  # hidden layers; the autoencoder is linear
     n_samples: int = 512
     batch_size: int = 32
+    input_offset: float = 0.0
 
     def __post_init__(self):
         self.check_range("inputs", 1, 256)
+        self.check_range("input_offset", 0.0, 100.0)
         self.check_range("hidden", 1, 256)
         self.check_range("layers", 1, 4)
         self.check_range("outputs", 1, 64)
@@ -147,9 +157,17 @@ class TeacherMLP(ObjectiveFamily):
                 last = sizes[-2] * sizes[-1] + sizes[-1]
                 x_star = np.concatenate([teacher[:-last], teacher[-last:] / scale])
                 targets = outputs / scale
+        x0 = glorot_layers(rng, sizes)
+        if self.input_offset:
+            offset = rng.uniform(0.0, self.input_offset, size=self.inputs)
+            inputs = inputs + offset
+            if x_star is not None:  # the first layer's bias absorbs the shift
+                a, b = sizes[0], sizes[1]
+                x_star = x_star.copy()
+                x_star[a * b:a * b + b] -= offset @ x_star[:a * b].reshape(a, b)
         params = {"inputs": inputs, "targets": targets}
         return Objective(self.name, mlp_loss(sizes, self._activation, self.task), params,
-                         x0=glorot_layers(rng, sizes), f_star=0.0, x_star=x_star,
+                         x0=x0, f_star=0.0, x_star=x_star,
                          batch_size=self.batch_size, sample_keys=("inputs", "targets"))
 
 
