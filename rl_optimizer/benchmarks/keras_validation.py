@@ -4,14 +4,15 @@
         [--tasks a,b] [--seeds 0,1] [--tuned]
 
 Training keeps the actor that scores best on its validation instances: the analytic families
-and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These nine
+and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These ten
 models are a validation set of what users train, for choosing between policies that training
 has already selected, before any of them meets the suite (`rl-optimizer evaluate`) or the
 holdout (`keras_holdout`), which stay the test: other data (made in code or bundled with
 scikit-learn; never digits, breast cancer, wine, iris, diabetes, moons, nor the suite's
 sequences and tokens), other models (BatchNorm in an MLP and a CNN, Dropout, SimpleRNN, an
 Embedding with max pooling, an autoencoder, a regression, ELU, a first layer fed
-unstandardised inputs), and the same comparison as
+unstandardised inputs, a deep Dropout MLP fed min-max-scaled inputs), and the same comparison
+as
 `keras_holdout` (`model.fit`, batch 32, final training loss; `Adam()`, and with --tuned
 learning-rate-tuned Adam).
 """
@@ -67,6 +68,18 @@ def _raw_features(seed):
                                random_state=200 + seed)
     rng = np.random.default_rng(6000 + seed)
     x = x * 10 ** rng.uniform(-1, 2, 20) + 10 ** rng.uniform(-1, 2, 20)
+    return kt._xy_split(x.astype(np.float32), y, seed)
+
+
+def _min_max_features(seed):
+    """Ten classes of 64 features, each min-max scaled to [0, 1] (as `MinMaxScaler` leaves
+    them, and as image pixels are): inputs that are not centred, whose first-layer steps move
+    all of a unit's weights together."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(1800, 64, n_informative=24, n_redundant=16, n_classes=10,
+                               n_clusters_per_class=2, class_sep=2.0, random_state=300 + seed)
+    x = (x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0))
     return kt._xy_split(x.astype(np.float32), y, seed)
 
 
@@ -149,6 +162,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          kt._sequential((10,), _dense(32, "elu"), _dense(5)), kt._sparse_ce, "accuracy", 30),
     Task("raw_features_mlp", "4 classes of 20 unstandardised features, MLP 32-4", _raw_features,
          kt._sequential((20,), _dense(32, "relu"), _dense(4)), kt._sparse_ce, "accuracy", 40),
+    Task("minmax_deep_dropout", "10 classes of 64 min-max-scaled features, MLP 256-128-64 "
+         "with Dropout", _min_max_features,
+         kt._sequential((64,), _dense(256, "relu"), lambda: _L.Dropout(0.2), _dense(128, "relu"),
+                        _dense(64, "relu"), _dense(10)),
+         kt._sparse_ce, "accuracy", 20),
 ]}
 
 
