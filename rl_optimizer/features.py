@@ -225,9 +225,10 @@ class FeatureConfig:
     first layer fed unstandardised inputs has consistent gradients early on, is shared, and
     its ReLUs die (README, Results: runs/dg0). False: |c| does (the shipped policy's setting)."""
     startup_boost: float = bounded(0.0, ge=0.0)
-    """b: in the first `startup_steps` steps, with `gradient_memory`, log_lr's increment is
-    multiplied by 1 + b·s, where s = clip((c − startup_low)/(startup_high − startup_low), 0, 1)
-    and c is the cosine of g/√v̂ with g_{t−1}/√v̂ over the tensor (signed). Every problem starts
+    """b: in the first `startup_steps` steps log_lr's increment is multiplied by 1 + b·s, where
+    s = clip((c − startup_low)/(startup_high − startup_low), 0, 1) and c is the cosine over the
+    tensor (signed) of g/√v̂ with g_{t−1}/√v̂ (with `gradient_memory`), else with the momentum
+    m_{t−1}/√v̂ (Adam's alignment, which in the first steps is about the same). Every problem starts
     at the same log_lr, and the controller climbs at most `increment` per step: a deterministic
     problem whose scale wants a much larger step loses its first ~10 steps to the climb (on the
     convex families, most of the gap to tuned Nesterov momentum at gap 1e-6, which it reaches
@@ -236,6 +237,14 @@ class FeatureConfig:
     steps a faster climb blows up (a boost without the gate, or after the start, lost small
     Keras networks' final loss: README, Results). A tensor of one coordinate (c = ±1) is
     boosted while its gradient keeps its sign. 0: off (the shipped policy's setting)."""
+    start_log_lr: float = bounded(0.0, le=0.0)
+    """Added to each coordinate's log_lr at its first step (t = 0 in its state): where a fresh
+    state (zeros, or the environment's random start) begins, relative to `learning_rate`, while
+    the bounds, the anchor and the floor stay relative to `learning_rate`. A deep ReLU MLP fed
+    min-max-scaled features loses half its units in the first two steps at the default start
+    (README, Results); −2.3 starts at Adam's 1e-3, and `startup_boost` climbs back where the
+    gradient holds. Within [log_lr_min, 0]. Keras: the optimizer's first step (a sparse row
+    first touched later starts at 0). 0: off (the shipped policy's setting)."""
     startup_steps: float = bounded(10.0, gt=0.0)
     """How many steps (t ≤ startup_steps) `startup_boost` lasts."""
     startup_low: float = bounded(0.9, ge=-1.0, lt=1.0)
@@ -270,17 +279,13 @@ class FeatureConfig:
             raise ValueError("FeatureConfig.determinism_gate: needs gradient_memory (the gate "
                              "is the gradient's cosine with the last gradient, which only "
                              "gradient_memory keeps)")
-        if self.startup_boost and not self.gradient_memory:
-            raise ValueError("FeatureConfig.startup_boost: needs gradient_memory (the boost "
-                             "is gated by the gradient's cosine with the last gradient, which "
-                             "only gradient_memory keeps)")
         if self.startup_high <= self.startup_low:
             raise ValueError("FeatureConfig.startup_high: must be above startup_low "
                              f"({self.startup_low!r}), got {self.startup_high!r}")
         if self.determinism_high <= self.determinism_low:
             raise ValueError("FeatureConfig.determinism_high: must be above determinism_low "
                              f"({self.determinism_low!r}), got {self.determinism_high!r}")
-        for name in ("anchor_log_lr", "floor_log_lr"):  # each also <= 0, by its own range
+        for name in ("anchor_log_lr", "floor_log_lr", "start_log_lr"):  # each <= 0 too
             if getattr(self, name) < self.log_lr_min:
                 raise ValueError(f"FeatureConfig.{name}: must be within [log_lr_min, 0] = "
                                  f"[{self.log_lr_min:g}, 0], got {getattr(self, name)!r}")
@@ -480,7 +485,8 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     determinism: w in [0, 1], how far the tensor's gradient is deterministic, for
     `rms_sharing` and (with `determinism_gate`) `nesterov`: |alignment| without
     `determinism_gate`, else from the cosine with the last gradient (see `determinism_gate`).
-    steady: `startup_boost`'s s from the cosine with the last gradient (0 when off).
+    steady: `startup_boost`'s s from the cosine with the last gradient (with
+    `gradient_memory`; else with the momentum); 0 when off.
     """
     gradient, momentum = (_sample(x, sampler) for x in (gradient, momentum))
     finite = tf.math.is_finite(gradient)
@@ -504,7 +510,9 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
         alignment = weight * last_cosine + (1.0 - weight) * alignment
     determinism = weight if config.determinism_gate else tf.abs(alignment)
     steady = tf.zeros_like(alignment)
-    if config.startup_boost:  # needs gradient_memory, hence last_cosine
+    if config.startup_boost:
+        if last_gradient is None:  # Adam's cosine with the momentum
+            last_cosine = alignment
         steady = tf.clip_by_value((last_cosine - config.startup_low)
                                   / (config.startup_high - config.startup_low), 0.0, 1.0)
     surge = tf.zeros_like(alignment)
@@ -570,9 +578,12 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     `center_action` or `max_spread` needs it."""
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
     action = _increment(action, moments.alignment, moments.surge, action_mean, config)
-    log_lr = _stepped_log_lr(state.log_lr, action, config, _boost(moments, config))
+    previous = state.log_lr
+    if config.start_log_lr:  # a fresh coordinate's start (`start_log_lr`)
+        previous = previous + tf.where(state.t == 0.0, config.start_log_lr, 0.0)
+    log_lr = _stepped_log_lr(previous, action, config, _boost(moments, config))
     if config.max_spread:
-        sampled_log_lr = _stepped_log_lr(_sample(state.log_lr, sampler), _increment(
+        sampled_log_lr = _stepped_log_lr(_sample(previous, sampler), _increment(
             sampled_action, _sample(moments.alignment, sampler), _sample(moments.surge, sampler),
             action_mean, config), config, _boost(moments, config, sampler))
         mean = _tensor_mean(sampled_log_lr, sampler)
@@ -581,7 +592,7 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
         # Unless it overshoots, log_lr stops at the floor coming from above, and where it was
         # coming from below (above the floor, the max leaves it as it is).
         log_lr = tf.where(moments.alignment > -config.floor_alignment,
-                          tf.maximum(log_lr, tf.minimum(state.log_lr, config.floor_log_lr)),
+                          tf.maximum(log_lr, tf.minimum(previous, config.floor_log_lr)),
                           log_lr)
     log_lr = tf.clip_by_value(log_lr, config.log_lr_min, config.log_lr_max)
     memory = gradient if config.gradient_memory else action

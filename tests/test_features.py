@@ -264,9 +264,48 @@ def test_startup_boost_speeds_the_climb_where_the_gradient_held():
                                rtol=1e-6)
 
 
+def test_startup_boost_without_gradient_memory_reads_the_momentum():
+    """Without `gradient_memory` the gate is Adam's cosine with the momentum: boosted where
+    the momentum is the gradient's direction, not where it is orthogonal."""
+    boosted = FeatureConfig(nominal_gain=1.5, startup_boost=2.0)
+    plain = FeatureConfig(nominal_gain=1.5)
+    rng = np.random.default_rng(6)
+    g = rng.normal(size=300).astype(np.float32)
+    noise = rng.normal(size=300).astype(np.float32)
+    orthogonal = noise - g * np.dot(g, noise) / np.dot(g, g)
+
+    def log_lr(m, config):
+        state = features.State(tf.constant(m), tf.constant(g * g), tf.zeros(300),
+                               tf.zeros(300), tf.fill([300], 3.0))
+        return features.step(_zero_actor, tf.constant(g), state, config)[1].log_lr.numpy()
+
+    np.testing.assert_allclose(log_lr(g, boosted), 3.0 * log_lr(g, plain), rtol=1e-5)
+    np.testing.assert_allclose(log_lr(orthogonal, boosted), log_lr(orthogonal, plain),
+                               rtol=1e-6)
+
+
+def test_start_log_lr_offsets_a_fresh_coordinate_only():
+    """At t = 0 the step is the one from a state started at start_log_lr (the floor and the
+    bounds read that start too); at t > 0 the offset is gone."""
+    started = FeatureConfig(start_log_lr=-2.3, floor_alignment=0.8, floor_log_lr=-2.0)
+    plain = FeatureConfig(floor_alignment=0.8, floor_log_lr=-2.0)
+    rng = np.random.default_rng(8)
+    g = tf.constant(rng.normal(size=50).astype(np.float32))
+    fresh = features.init_state([50])
+    update, state = features.step(_zero_actor, g, fresh, started)
+    want, want_state = features.step(_zero_actor, g, fresh._replace(log_lr=fresh.log_lr - 2.3),
+                                     plain)
+    np.testing.assert_allclose(update, want, rtol=1e-6)
+    np.testing.assert_allclose(state.log_lr, want_state.log_lr, rtol=1e-6)
+    assert np.all(state.log_lr.numpy() < -2.1)  # the floor did not lift it to -2
+    later = state._replace(t=tf.fill([50], 1.0))
+    np.testing.assert_allclose(features.step(_zero_actor, g, later, started)[0],
+                               features.step(_zero_actor, g, later, plain)[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("field,value,match", [
-    ("gradient_memory", False, r"^FeatureConfig\.startup_boost: needs gradient_memory"),
     ("startup_high", 0.8, r"^FeatureConfig\.startup_high: must be above"),
+    ("start_log_lr", -20.0, r"^FeatureConfig\.start_log_lr: must be within"),
 ])
 def test_startup_boost_checks_its_config(field, value, match):
     kwargs = dict(gradient_memory=True, startup_boost=1.0)

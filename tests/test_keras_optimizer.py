@@ -175,7 +175,8 @@ def test_embedding_model_trains():
                                       "gradient_memory": True},
                                      {"rms_sharing": 0.5, "nesterov": 1.0,
                                       "gradient_memory": True, "determinism_gate": True,
-                                      "startup_boost": 2.0}])
+                                      "startup_boost": 2.0},
+                                     {"start_log_lr": -2.3, "startup_boost": 4.0}])
 def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
