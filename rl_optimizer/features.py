@@ -33,7 +33,8 @@ One step, given the gradient g of a coordinate in tensor T:
      log_lr) (the anchor); below floor_log_lr, log_lr falls only where alignment <
      −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
      log_lr kept within `max_spread` of its tensor's mean; the increment up to (1 + b)× in
-     the first steps where g has hardly changed since g_{t−1}, `startup_boost`);
+     the first steps where g has hardly changed since g_{t−1}, `startup_boost`; a fresh
+     coordinate's log_lr offset by `start_log_lr` at its first step);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip) (option: Nesterov's
      look-ahead β1·m̂ + (1−β1)·g in place of m̂, or part of the way, `nesterov`; or as far as
      the mean over T of the action says, `learned_look_ahead`).
@@ -102,9 +103,9 @@ tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instan
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
 noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory`, `learned_look_ahead`,
-`determinism_gate` and `startup_boost`: off by default, so an older policy's `FeatureConfig`
-means what it meant; a policy that sets them fails to load in an older release, whose
-`FeatureConfig` does not know them.)"""
+`determinism_gate`, `startup_boost` and `start_log_lr`: off by default, so an older
+policy's `FeatureConfig` means what it meant; a policy that sets them fails to load in an
+older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
