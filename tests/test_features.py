@@ -198,12 +198,18 @@ def test_gradient_memory_keeps_the_last_gradient_and_steers_deterministic_tensor
     np.testing.assert_array_equal(new_state.action.numpy(), want)
 
 
-def _gated_step(g, last, config, segments=None):
-    """One step from a state whose momentum is the last gradient, at t → 4."""
+def _gated_step(g, last, config, segments=None, t=3.0):
+    """One step from a state whose momentum is the last gradient, at t → t + 1."""
     n = g.size
     state = features.State(tf.constant(last), tf.constant(last * last), tf.zeros(n),
-                           tf.constant(last), tf.fill([n], 3.0))
+                           tf.constant(last), tf.fill([n], t))
     return features.step(_zero_actor, tf.constant(g), state, config, segments=segments)
+
+
+def _orthogonal_to(g, rng):
+    """A random vector orthogonal to `g` (unrelated to it, as minibatch noise is)."""
+    noise = rng.normal(size=g.size).astype(np.float32)
+    return noise - g * np.dot(g, noise) / np.dot(g, g)
 
 
 def test_determinism_gate_reads_the_cosine_with_the_last_gradient():
@@ -217,8 +223,7 @@ def test_determinism_gate_reads_the_cosine_with_the_last_gradient():
     ungated = FeatureConfig(gradient_memory=True, nominal_gain=0.0, nesterov=1.0)
     rng = np.random.default_rng(11)
     g = rng.normal(size=400).astype(np.float32)
-    noise = rng.normal(size=400).astype(np.float32)
-    last = noise - g * np.dot(g, noise) / np.dot(g, g)  # orthogonal to g
+    last = _orthogonal_to(g, rng)
     np.testing.assert_allclose(_gated_step(g, last, on)[0], _gated_step(g, last, off)[0],
                                rtol=1e-6)
     assert not np.allclose(_gated_step(g, last, ungated)[0], _gated_step(g, last, off)[0])
@@ -246,13 +251,10 @@ def test_startup_boost_speeds_the_climb_where_the_gradient_held():
     plain = FeatureConfig(**memory)
     rng = np.random.default_rng(5)
     g = rng.normal(size=300).astype(np.float32)
-    noise = rng.normal(size=300).astype(np.float32)
-    orthogonal = noise - g * np.dot(g, noise) / np.dot(g, g)
+    orthogonal = _orthogonal_to(g, rng)
 
     def log_lr(last, config, t=3.0):
-        state = features.State(tf.constant(last), tf.constant(last * last), tf.zeros(300),
-                               tf.constant(last), tf.fill([300], t))
-        return features.step(_zero_actor, tf.constant(g), state, config)[1].log_lr.numpy()
+        return _gated_step(g, last, config, t=t)[1].log_lr.numpy()
 
     plain_rise = log_lr(g, plain)
     assert np.all(plain_rise > 0)
@@ -271,8 +273,7 @@ def test_startup_boost_without_gradient_memory_reads_the_momentum():
     plain = FeatureConfig(nominal_gain=1.5)
     rng = np.random.default_rng(6)
     g = rng.normal(size=300).astype(np.float32)
-    noise = rng.normal(size=300).astype(np.float32)
-    orthogonal = noise - g * np.dot(g, noise) / np.dot(g, g)
+    orthogonal = _orthogonal_to(g, rng)
 
     def log_lr(m, config):
         state = features.State(tf.constant(m), tf.constant(g * g), tf.zeros(300),
