@@ -322,6 +322,15 @@ def unpack(state: tf.Tensor) -> State:
     return State(*tf.unstack(state, num=STATE_SIZE, axis=-1))
 
 
+class _Statistics(NamedTuple):
+    """Each coordinate's tensor statistics, from `_tensor_statistics`."""
+
+    alignment: tf.Tensor
+    surge: tf.Tensor  # ln of the tensor's mean g²/v̂
+    determinism: tf.Tensor  # w in [0, 1]
+    steady: tf.Tensor  # `startup_boost`'s s in [0, 1]
+
+
 class _Moments(NamedTuple):
     m: tf.Tensor  # new averages, stored in the state
     v: tf.Tensor
@@ -329,15 +338,19 @@ class _Moments(NamedTuple):
     m_hat: tf.Tensor  # bias-corrected, with `nesterov`'s look-ahead
     direction: tf.Tensor  # m̂ / (√v̂ + ε), clipped
     rms: tf.Tensor  # √v̂ + ε
-    alignment: tf.Tensor  # see `_tensor_statistics`
-    surge: tf.Tensor  # ln of the tensor's mean g²/v̂, see `_tensor_statistics`
-    determinism: tf.Tensor  # w in [0, 1], see `_tensor_statistics`
-    steady: tf.Tensor  # `startup_boost`'s s in [0, 1], see `_tensor_statistics`
+    alignment: tf.Tensor  # these four: `_Statistics`
+    surge: tf.Tensor
+    determinism: tf.Tensor
+    steady: tf.Tensor
     v_mean: tf.Tensor | None  # the tensor's mean v̂ where `rms_sharing` uses it, else None
+
+    @property
+    def statistics(self) -> _Statistics:
+        return _Statistics(self.alignment, self.surge, self.determinism, self.steady)
 
 
 def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             statistics=None, v_mean=None) -> _Moments:
+             statistics: _Statistics | None = None, v_mean=None) -> _Moments:
     """`statistics` and `v_mean`: the tensor's, where the call is on its sample alone."""
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
@@ -356,7 +369,7 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
             v_mean = _finite_tensor_mean(sampled_v_hat, sampler)
         # Shared as far as the tensor's gradient keeps or reverses its direction (see
         # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
-        share = config.rms_sharing * statistics[2]
+        share = config.rms_sharing * statistics.determinism
         v_hat = (1.0 - share) * v_hat + share * v_mean
     rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
@@ -364,7 +377,7 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
     if config.nesterov:
         look_ahead = config.nesterov * (1.0 - config.beta1)
         if config.determinism_gate:
-            look_ahead *= statistics[2]
+            look_ahead *= statistics.determinism
         m_hat += look_ahead * (gradient - m_hat)
     return _Moments(m, v, t, m_hat, _normalized(m_hat, rms, config), rms, *statistics, v_mean)
 
@@ -469,7 +482,7 @@ def _finite_tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
 
 
 def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler,
-                       last_gradient=None) -> tuple[tf.Tensor, ...]:
+                       last_gradient=None) -> _Statistics:
     """(alignment, surge, determinism, steady) of each coordinate's tensor, on its sample
     (`STATISTICS_SAMPLE`).
 
@@ -519,7 +532,7 @@ def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: 
     surge = tf.zeros_like(alignment)
     if config.surge_gain:
         surge = tf.math.log(aa / tf.maximum(count, 1.0) + 1e-30)
-    return alignment, surge, determinism, steady
+    return _Statistics(alignment, surge, determinism, steady)
 
 
 def _determinism(last_cosine, count, config: FeatureConfig):
@@ -675,8 +688,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
             sample_state = State(*(_sample(x, sampler) for x in state))
             sample_gradient = _sample(gradient, sampler)
             sample_moments = _moments(sample_gradient, sample_state, config, sampler,
-                                      (moments.alignment, moments.surge,
-                                       moments.determinism, moments.steady), moments.v_mean)
+                                      moments.statistics, moments.v_mean)
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action
