@@ -34,7 +34,8 @@ One step, given the gradient g of a coordinate in tensor T:
      −floor_alignment (the noise floor) (options: a centred over the tensor, `center_action`;
      log_lr kept within `max_spread` of its tensor's mean; the increment up to (1 + b)× in
      the first steps where g has hardly changed since g_{t−1}, `startup_boost`; a fresh
-     coordinate's log_lr offset by `start_log_lr` at its first step);
+     coordinate's log_lr offset by `start_log_lr` at its first step; the guard from
+     `surge_warmup_threshold` in the first `surge_warmup` steps);
   6. update = −learning_rate·exp(log_lr)·clip(m̂/(√v̂ + ε), ±clip) (option: Nesterov's
      look-ahead β1·m̂ + (1−β1)·g in place of m̂, or part of the way, `nesterov`; or as far as
      the mean over T of the action says, `learned_look_ahead`).
@@ -103,7 +104,7 @@ tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instan
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
 noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory`, `learned_look_ahead`,
-`determinism_gate`, `startup_boost` and `start_log_lr`: off by default, so an older
+`determinism_gate`, `startup_boost`, `start_log_lr` and `surge_warmup`: off by default, so an older
 policy's `FeatureConfig` means what it meant; a policy that sets them fails to load in an
 older release, whose `FeatureConfig` does not know them.)"""
 
@@ -142,6 +143,19 @@ class FeatureConfig:
     turns. 0: off."""
     surge_threshold: float = bounded(2.0, gt=1.0)
     """Where the blow-up guard starts (see `surge_gain`); > 1."""
+    surge_warmup: float = bounded(0.0, ge=0.0)
+    """In a coordinate's first `surge_warmup` steps (t ≤ surge_warmup) the blow-up guard starts
+    at `surge_warmup_threshold`, not `surge_threshold`. Until about 1/(1 − β2) steps, v̂ is
+    the mean square since the start, and a gradient that grows steadily from a small start
+    looks like a surge against it: g²/v̂ settles at (1 − β2/r²)/(1 − β2) for gradients
+    growing r× a step, 2 already at r = 1.005 where β2 = 0.99. A strict saddle's escape from a
+    start at Adam's step (`start_log_lr` −2.3) keeps it at 2.4–3.3 for 30 steps, and a guard
+    from 2 holds the step size down the whole way, so the run reaches the plateau beyond too
+    slowly to cross it (README, Results). Networks leaving their initialisation surge further
+    and want the guard (off in the first 50 steps, an Embedding model's loss ended 1e5× higher).
+    0: no warm-up (the shipped policy's setting)."""
+    surge_warmup_threshold: float = bounded(6.0, gt=1.0)
+    """The blow-up guard's threshold in the first `surge_warmup` steps; > 1."""
     anchor_rate: float = bounded(0.0, ge=0.0, le=1.0)
     """The pull of log_lr back up to `anchor_log_lr` from below: log_lr rises by anchor_rate
     times its distance under the anchor each step. Under minibatch noise the alignment is
@@ -364,6 +378,11 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
         sampled_rms = tf.sqrt(sampled_v_hat) + config.epsilon
         statistics = _tensor_statistics(gradient, state.m, sampled_rms, config, sampler,
                                         state.action if config.gradient_memory else None)
+        if config.surge_warmup:  # the warm-up's threshold (`surge_warmup`)
+            statistics = statistics._replace(surge=tf.where(
+                t > config.surge_warmup, statistics.surge,
+                statistics.surge - math.log(config.surge_warmup_threshold
+                                            / config.surge_threshold)))
     if config.rms_sharing:
         if v_mean is None:
             v_mean = _finite_tensor_mean(sampled_v_hat, sampler)

@@ -1,5 +1,7 @@
 """The features contract: shapes, Adam equivalence of the zero action, bounds, robustness."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -370,6 +372,28 @@ def test_blow_up_guard_cuts_steps_when_a_tensors_gradients_surge():
         _log_lrs(steady, guarded) + guarded.increment * (1 - 3.0 * np.log(r / 2)), rtol=1e-4)
 
 
+def test_surge_warmup_raises_the_guards_threshold_in_the_first_steps():
+    """Gradients that grow 10x at step 9 (g²/v̂ = r ≈ 8 on every coordinate): within
+    surge_warmup the guard takes 3·ln(r / surge_warmup_threshold), none below that threshold;
+    after the warm-up it cuts as it does without one."""
+    base = np.array([1.0, -2.0, 0.5, 1.5])
+    steady, surge = [base] * 8, [base] * 8 + [10 * base]
+    guarded = FeatureConfig(surge_gain=3.0, surge_threshold=2.0)
+    beta2 = guarded.beta2
+    r = 100.0 / ((1 - beta2) * (sum(beta2 ** (9 - k) for k in range(1, 9)) + 100.0)
+                 / (1 - beta2 ** 9))
+    assert 6.0 < r < 10.0
+    warm = dataclasses.replace(guarded, surge_warmup=9.0, surge_warmup_threshold=6.0)
+    np.testing.assert_allclose(
+        _log_lrs(surge, warm),
+        _log_lrs(steady, guarded) + guarded.increment * (1 - 3.0 * np.log(r / 6.0)), rtol=1e-4)
+    np.testing.assert_array_equal(
+        _log_lrs(surge, dataclasses.replace(warm, surge_warmup_threshold=10.0)),
+        _log_lrs(surge, FeatureConfig()))
+    np.testing.assert_array_equal(
+        _log_lrs(surge, dataclasses.replace(warm, surge_warmup=8.0)), _log_lrs(surge, guarded))
+
+
 def test_anchor_pulls_annealed_step_sizes_back_up():
     """Below anchor_log_lr, log_lr rises by anchor_rate times its distance to it each step;
     at or above it, the anchor does nothing."""
@@ -490,7 +514,8 @@ def test_scale_free():
                                          ("log_lr_min", 0.0), ("clip", -1.0),
                                          ("increment", 0.0), ("nominal_gain", -1.0),
                                          ("max_spread", -1.0), ("surge_gain", -1.0),
-                                         ("surge_threshold", 1.0), ("anchor_rate", 1.5),
+                                         ("surge_threshold", 1.0), ("surge_warmup", -1.0),
+                                         ("surge_warmup_threshold", 1.0), ("anchor_rate", 1.5),
                                          ("anchor_log_lr", -20.0), ("anchor_log_lr", 0.5),
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
@@ -550,7 +575,9 @@ def test_large_tensors_statistics_use_a_strided_sample():
     FeatureConfig(center_action=True, rms_sharing=1.0, learned_look_ahead=1.0,
                   gradient_memory=True),
     FeatureConfig(center_action=True, max_spread=0.5, rms_sharing=0.5, nesterov=1.0,
-                  gradient_memory=True, determinism_gate=True, startup_boost=2.0)])
+                  gradient_memory=True, determinism_gate=True, startup_boost=2.0),
+    FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
+                  surge_warmup=3.0, start_log_lr=-1.0)])
 def test_sampled_statistics_agree_across_paths(config):
     """One large tensor stepped alone (the Keras path: sliced sample, actor recomputed on it),
     as a segment beside a small one (the serving and environment path: sampled by weights),

@@ -176,14 +176,16 @@ def test_embedding_model_trains():
                                      {"rms_sharing": 0.5, "nesterov": 1.0,
                                       "gradient_memory": True, "determinism_gate": True,
                                       "startup_boost": 2.0},
-                                     {"start_log_lr": -2.3, "startup_boost": 4.0}])
+                                     {"start_log_lr": -2.3, "startup_boost": 4.0},
+                                     {"start_log_lr": -2.3, "startup_boost": 4.0,
+                                      "surge_warmup": 2.0}])
 def test_embedding_model_under_jit_compile_steps_as_without(options):
     """A model compiled with jit_compile=True: the sparse rows' count is known only when XLA
     runs, so their statistics' sample is taken by a mask, not a stride; the updates match
     the uncompiled model's (here 64 x 20 rows of 8: a sample of every third coordinate),
     with the tensor's mean v̂ of `rms_sharing`, the last gradient's alignment of
     `gradient_memory`, the count of `determinism_gate`'s chance level and the sampled step
-    count of `startup_boost` (with `max_spread`) too."""
+    count of `startup_boost` (with `max_spread`) and `surge_warmup` too."""
     shipped = load_policy("default")
     policy = LearnedPolicy([k.numpy() for k in shipped.kernels],
                            [b.numpy() for b in shipped.biases],
