@@ -20,6 +20,7 @@ Only stock TensorFlow ops: stock TF Serving serves it, no Python at serving time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -130,9 +131,52 @@ def add_arguments(parser) -> None:
                         help="'default' (the shipped policy), a run directory or an export")
     parser.add_argument("--model-dir", required=True, help="TF Serving model base directory")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name (subdirectory)")
+    parser.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE",
+                        help="export with this `features.FeatureConfig` field changed (the "
+                             "actor's weights as they are; repeatable); the manifest's "
+                             "metadata records it under feature_overrides")
     parser.add_argument("--evaluation", default=None, metavar="DIR",
                         help="an `rl-optimizer evaluate` output directory: its summary.json "
                              "goes into <model-dir>/manifest.json with the policy's metadata")
+
+
+def with_features(policy: LearnedPolicy, overrides: dict[str, str]) -> LearnedPolicy:
+    """`policy`'s weights under its `FeatureConfig` with `overrides` (field name → value as
+    text: a number, or true/false for a switch), recorded in the metadata's
+    `feature_overrides` (merged with any there)."""
+    fields = {f.name: f for f in dataclasses.fields(features.FeatureConfig)}
+    changes = {}
+    for name, text in overrides.items():
+        if name not in fields:
+            raise ValueError(f"--feature {name}: not a FeatureConfig field; expected one of "
+                             f"{sorted(fields)}")
+        if isinstance(fields[name].default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"--feature {name}: must be true or false, got {text!r}")
+            changes[name] = text.lower() == "true"
+        else:
+            try:
+                changes[name] = float(text)
+            except ValueError:
+                raise ValueError(f"--feature {name}: must be a number, got {text!r}") from None
+    try:
+        config = dataclasses.replace(policy.feature_config, **changes)
+    except ValueError as e:
+        raise ValueError(f"--feature: {e}") from None
+    metadata = dict(policy.metadata)
+    metadata["feature_overrides"] = {**(metadata.get("feature_overrides") or {}), **changes}
+    return LearnedPolicy([k.numpy() for k in policy.kernels], [b.numpy() for b in policy.biases],
+                         config, metadata=metadata)
+
+
+def _parse_features(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--feature {item!r}: expected NAME=VALUE")
+        overrides[name.strip()] = value.strip()
+    return overrides
 
 
 def write_manifest(policy: LearnedPolicy, model_dir: str, evaluation_dir: str | None) -> str:
@@ -151,7 +195,10 @@ def run_command(args) -> int:
 
     if args.evaluation and not os.path.isfile(os.path.join(args.evaluation, "summary.json")):
         raise ValueError(f"--evaluation {args.evaluation!r} has no summary.json")
+    overrides = _parse_features(args.feature)
     policy = load_policy(args.policy)
+    if overrides:
+        policy = with_features(policy, overrides)
     path = export_policy(policy, args.model_dir, args.name)
     print(f"exported {args.policy} to {path}")
     if args.evaluation:

@@ -1,5 +1,6 @@
 """`rl-optimizer` (issues 2 and 3): the subcommands, export, and errors that exit 2."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -52,6 +53,34 @@ def test_export_of_a_run_directory(smoke_run, tmp_path):
     assert cli.main(["export", "--policy", smoke_run.run_dir,
                      "--model-dir", str(tmp_path)]) == 0
     assert load_policy(str(tmp_path)).metadata == load_policy(smoke_run.run_dir).metadata
+
+
+def test_export_with_features_changes_them_and_records_it(exported_policy, tmp_path):
+    model_dir = str(tmp_path / "models")
+
+    assert cli.main(["export", "--policy", exported_policy, "--model-dir", model_dir,
+                     "--feature", "start_log_lr=-2.3", "--feature", "surge_warmup=50",
+                     "--feature", "center_action=false"]) == 0
+
+    source, exported = load_policy(exported_policy), load_policy(model_dir)
+    want = {"start_log_lr": -2.3, "surge_warmup": 50.0, "center_action": False}
+    assert exported.feature_config == dataclasses.replace(source.feature_config, **want)
+    assert exported.metadata["feature_overrides"] == want
+    for a, b in zip(_weights(exported), _weights(source)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("item,named", [
+    ("start_lr=-2", "start_lr"), ("start_log_lr=low", "start_log_lr"),
+    ("start_log_lr=0.5", "FeatureConfig.start_log_lr"), ("center_action=2", "center_action"),
+    ("start_log_lr", "NAME=VALUE")])
+def test_export_with_a_bad_feature_exits_2_naming_it(exported_policy, tmp_path, capsys, item,
+                                                     named):
+    model_dir = tmp_path / "models"
+    assert cli.main(["export", "--policy", exported_policy, "--model-dir", str(model_dir),
+                     "--feature", item]) == 2
+    assert named in capsys.readouterr().err
+    assert not model_dir.exists()
 
 
 def test_export_of_a_missing_policy_exits_2(tmp_path, capsys):
