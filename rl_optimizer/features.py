@@ -41,7 +41,8 @@ One step, given the gradient g of a coordinate in tensor T:
      the mean over T of the action says, `learned_look_ahead`).
 
 Where the scale comes from: the step size is state. It starts at `learning_rate` (the shipped
-policy's is 1e-2, ten times Adam's default) and a nominal controller moves it by
+policy's is 1e-2, ten times Adam's default) times e^`start_log_lr` (the shipped policy's −2.3:
+Adam's 1e-3), and a nominal controller moves it by
 log-step increments (Wichrowska et al. 2017) in the direction of the step-size hypergradient's
 sign (Baydin et al. 2018): the alignment of the gradient with the momentum over the whole tensor,
 positive while steps keep their direction (too small), negative after overshooting (too large);
@@ -153,7 +154,7 @@ class FeatureConfig:
     from 2 holds the step size down the whole way, so the run reaches the plateau beyond too
     slowly to cross it (README, Results). Networks leaving their initialisation surge further
     and want the guard (off in the first 50 steps, an Embedding model's loss ended 1e5× higher).
-    0: no warm-up (the shipped policy's setting)."""
+    0: no warm-up. The shipped policy's: 50 (with the threshold 6)."""
     surge_warmup_threshold: float = bounded(6.0, gt=1.0)
     """The blow-up guard's threshold in the first `surge_warmup` steps; > 1."""
     anchor_rate: float = bounded(0.0, ge=0.0, le=1.0)
@@ -251,7 +252,7 @@ class FeatureConfig:
     was too small to matter; minibatch noise keeps c well below that on networks, whose
     steps a faster climb blows up (a boost without the gate, or after the start, lost small
     Keras networks' final loss: README, Results). A tensor of one coordinate (c = ±1) is
-    boosted while its gradient keeps its sign. 0: off (the shipped policy's setting)."""
+    boosted while its gradient keeps its sign. 0: off. The shipped policy's: 4."""
     start_log_lr: float = bounded(0.0, le=0.0)
     """Added to each coordinate's log_lr at its first step (t = 0 in its state): where a fresh
     state (zeros, or the environment's random start) begins, relative to `learning_rate`, while
@@ -259,7 +260,7 @@ class FeatureConfig:
     min-max-scaled features loses half its units in the first two steps at the default start
     (README, Results); −2.3 starts at Adam's 1e-3, and `startup_boost` climbs back where the
     gradient holds. Within [log_lr_min, 0]. Keras: the optimizer's first step (a sparse row
-    first touched later starts at 0). 0: off (the shipped policy's setting)."""
+    first touched later starts at 0). 0: off. The shipped policy's: −2.3."""
     startup_steps: float = bounded(10.0, gt=0.0)
     """How many steps (t ≤ startup_steps) `startup_boost` lasts."""
     startup_low: float = bounded(0.9, ge=-1.0, lt=1.0)

@@ -78,9 +78,11 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
         the dict `policy_to_config` makes (what `get_config` stores, so a saved model reloads
         without the export).
       learning_rate: the multiplier of every step (a fresh coordinate steps like Adam with
-        this learning rate; the policy then adapts each coordinate's step size relative to
-        it): a float, or a `tf.keras.optimizers.schedules.LearningRateSchedule`. None: the
-        policy's own (`feature_config.learning_rate`; the shipped policy's: 1e-2). The policy
+        this learning rate times e^`feature_config.start_log_lr`; the policy then adapts each
+        coordinate's step size relative to it): a float, or a
+        `tf.keras.optimizers.schedules.LearningRateSchedule`. None: the policy's own
+        (`feature_config.learning_rate`; the shipped policy's: 1e-2, whose fresh coordinates
+        start at 1e-2 · e^−2.3 ≈ 1e-3, Adam's default). The policy
         finds the scale itself, so it needs no tuning; schedules and callbacks drive it as
         Adam's.
       name: name of the optimizer, the prefix of its slot variables.
