@@ -364,13 +364,34 @@ class _Moments(NamedTuple):
         return _Statistics(self.alignment, self.surge, self.determinism, self.steady)
 
 
-def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             statistics: _Statistics | None = None, v_mean=None) -> _Moments:
-    """`statistics` and `v_mean`: the tensor's, where the call is on its sample alone."""
+def _second_moment(gradient, state: State, config: FeatureConfig):
+    """(t, v, v̂) after this step: the step count, the new squared-gradient average and its
+    bias-corrected value (Adam's, before any `rms_sharing`)."""
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
     # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
-    v_hat = v / (1.0 - tf.pow(config.beta2, t))
+    return t, v, v / (1.0 - tf.pow(config.beta2, t))
+
+
+def preconditioned_cosine(gradient: tf.Tensor, other: tf.Tensor, state: State,
+                          config: FeatureConfig, segments: Segments | None = None) -> tf.Tensor:
+    """Each coordinate's cosine over its tensor (on the tensor's sample, `STATISTICS_SAMPLE`)
+    of this step's g/√v̂ with other/√v̂, v̂ this step's unshared one: the alignment's cosine
+    when `other` is the momentum m_{t−1}, `gradient_memory`'s when it is the last gradient.
+    For analyses of trajectories (the `determinism` benchmark); a step computes its own."""
+    sampler = _sampler(gradient, segments)
+    _, _, v_hat = _second_moment(gradient, state, config)
+    rms = tf.sqrt(_sample(v_hat, sampler)) + config.epsilon
+    # The alignment alone: none of the statistics that read the last gradient or the count.
+    plain = dataclasses.replace(config, surge_gain=0.0, determinism_gate=False,
+                                startup_boost=0.0)
+    return _tensor_statistics(gradient, other, rms, plain, sampler).alignment
+
+
+def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
+             statistics: _Statistics | None = None, v_mean=None) -> _Moments:
+    """`statistics` and `v_mean`: the tensor's, where the call is on its sample alone."""
+    t, v, v_hat = _second_moment(gradient, state, config)
     # The statistics' unshared v̂ on the sample alone: computed over the whole tensor, the
     # unshared √v̂ of `rms_sharing` would be a pass of its own that XLA keeps for the sample.
     # (Unused, and pruned from the graph, where the caller passes both.)

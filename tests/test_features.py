@@ -540,6 +540,33 @@ def _numpy_alignment(g, m, v, t, config, picked):
     return np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b))
 
 
+def test_preconditioned_cosine_is_the_alignments_cosine_per_segment():
+    """Each coordinate gets its segment's cosine of g/√v̂ with other/√v̂ (this step's v̂):
+    with the momentum, the observation's tensor alignment; under any option the same."""
+    rng = np.random.default_rng(8)
+    g, m, last = (rng.normal(size=10) for _ in range(3))
+    v = rng.uniform(0.5, 2.0, size=10)
+    state = features.State(*(tf.constant(x, tf.float32)
+                             for x in (m, v, np.zeros(10), np.zeros(10), np.full(10, 3.0))))
+    segments = features.Segments(tf.constant([0] * 4 + [1] * 6), 2)
+    config = FeatureConfig()
+    gated = FeatureConfig(gradient_memory=True, determinism_gate=True, surge_gain=3.0,
+                          startup_boost=2.0)
+    for other in (m, last):
+        want = [_numpy_alignment(g, other, v, 3.0, config, picked)
+                for picked in (slice(0, 4), slice(4, 10))]
+        for c in (config, gated):
+            got = features.preconditioned_cosine(tf.constant(g, tf.float32),
+                                                 tf.constant(other, tf.float32), state, c,
+                                                 segments)
+            np.testing.assert_allclose(got, np.repeat(want, [4, 6]), rtol=1e-5)
+    obs = features.observation(tf.constant(g, tf.float32), state, config, segments=segments)
+    np.testing.assert_allclose(
+        obs[:, features.FEATURE_NAMES.index("tensor_alignment")],
+        features.preconditioned_cosine(tf.constant(g, tf.float32), tf.constant(m, tf.float32),
+                                       state, config, segments), rtol=1e-6)
+
+
 def test_large_tensors_statistics_use_a_strided_sample():
     """A tensor over STATISTICS_SAMPLE coordinates: its alignment is the cosine over the
     coordinates at multiples of ⌈size / 4096⌉ (row-major), not over all of them."""

@@ -4,7 +4,8 @@
         [--instances 10] [--steps 1500] [--quick]
 
 Two per-tensor signals, each the |cosine| of this step's preconditioned gradient g/√v̂ with
-something from the last step: with the last gradient g_{t−1}/√v̂ (what `determinism_gate`
+something from the last step (`features.preconditioned_cosine`: the features' own sums, so the
+signals are the ones the rule reads): with the last gradient g_{t−1}/√v̂ (what `determinism_gate`
 reads), and with the momentum m_{t−1}/√v̂ (the alignment, what `rms_sharing` reads without the
 gate). A deterministic gradient that converges keeps or reverses its direction from one step
 to the next; minibatch noise draws a new one. Each family's validation instances are each one
@@ -43,10 +44,11 @@ def trajectories(policy, family: str, instances: int, steps: int):
     x = tf.Variable(batch.initial_point(), dtype=tf.float64)
     state = [tf.Variable(s) for s in features.init_state(x.shape)]
     last = tf.Variable(tf.zeros(x.shape, tf.float32))
+    first = tf.constant(batch.offsets[:-1], tf.int32)  # one coordinate of each instance
 
-    def cosine(a, b):
-        total = lambda v: tf.math.unsorted_segment_sum(v, ids, instances)  # noqa: E731
-        return tf.abs(total(a * b)) / tf.sqrt(total(a * a) * total(b * b) + 1e-30)
+    def cosine(gradient, other, old):
+        return tf.abs(tf.gather(features.preconditioned_cosine(gradient, other, old, config,
+                                                               segments), first))
 
     @tf.function
     def one(t):
@@ -54,9 +56,7 @@ def trajectories(policy, family: str, instances: int, steps: int):
         values, gradient = batch.tf_value_and_grad(x, seed)
         gradient = tf.cast(gradient, tf.float32)
         old = features.State(*state)
-        v = config.beta2 * old.v + (1.0 - config.beta2) * tf.square(gradient)
-        rms = tf.sqrt(v / (1.0 - tf.pow(config.beta2, old.t + 1.0))) + config.epsilon
-        signals = (cosine(gradient / rms, last / rms), cosine(gradient / rms, old.m / rms))
+        signals = (cosine(gradient, last, old), cosine(gradient, old.m, old))
         update, new = policy.step(gradient, old, segments)
         x.assign_add(tf.cast(update, tf.float64))
         for variable, value in zip(state, new):
