@@ -326,11 +326,17 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        _set(data, key.strip(), _parse_yaml(raw, f"--set {item!r}"))
+        _set(data, *parse_override(item, "--set", "section.key=value"))
     return from_dict(Config, data)
+
+
+def parse_override(item: str, flag: str, form: str) -> tuple[str, Any]:
+    """`key=value` of a command-line `flag` as (key, the value read as YAML); a missing `=` or
+    key is a `ConfigError` that names the item and the expected `form`."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {item!r}: expected {form}")
+    return key.strip(), _parse_yaml(raw, f"{flag} {item!r}")
 
 
 def to_dict(config) -> dict:

@@ -29,6 +29,7 @@ import tempfile
 import tensorflow as tf
 
 from rl_optimizer import features
+from rl_optimizer.config import ConfigError, from_dict, parse_override
 from rl_optimizer.policy import DEFAULT_MODEL_NAME, MANIFEST, LearnedPolicy
 
 STEP_SIGNATURE = "serving_default"
@@ -140,43 +141,21 @@ def add_arguments(parser) -> None:
                              "goes into <model-dir>/manifest.json with the policy's metadata")
 
 
-def with_features(policy: LearnedPolicy, overrides: dict[str, str]) -> LearnedPolicy:
-    """`policy`'s weights under its `FeatureConfig` with `overrides` (field name → value as
-    text: a number, or true/false for a switch), recorded in the metadata's
-    `feature_overrides` (merged with any there)."""
-    fields = {f.name: f for f in dataclasses.fields(features.FeatureConfig)}
-    changes = {}
-    for name, text in overrides.items():
-        if name not in fields:
-            raise ValueError(f"--feature {name}: not a FeatureConfig field; expected one of "
-                             f"{sorted(fields)}")
-        if isinstance(fields[name].default, bool):
-            if text.lower() not in ("true", "false"):
-                raise ValueError(f"--feature {name}: must be true or false, got {text!r}")
-            changes[name] = text.lower() == "true"
-        else:
-            try:
-                changes[name] = float(text)
-            except ValueError:
-                raise ValueError(f"--feature {name}: must be a number, got {text!r}") from None
+def with_features(policy: LearnedPolicy, overrides: list[str]) -> LearnedPolicy:
+    """`policy`'s weights under its `FeatureConfig` with `overrides` (`NAME=VALUE` items, the
+    values read as a config's are), recorded in the metadata's `feature_overrides` (merged
+    with any there)."""
+    changes = dict(parse_override(item, "--feature", "NAME=VALUE") for item in overrides)
+    current = dataclasses.asdict(policy.feature_config)
     try:
-        config = dataclasses.replace(policy.feature_config, **changes)
-    except ValueError as e:
-        raise ValueError(f"--feature: {e}") from None
+        config = from_dict(features.FeatureConfig, {**current, **changes}, "FeatureConfig")
+    except ConfigError as e:
+        raise ConfigError(f"--feature: {e}") from None
     metadata = dict(policy.metadata)
-    metadata["feature_overrides"] = {**(metadata.get("feature_overrides") or {}), **changes}
+    metadata["feature_overrides"] = {**(metadata.get("feature_overrides") or {}),
+                                     **{name: getattr(config, name) for name in changes}}
     return LearnedPolicy([k.numpy() for k in policy.kernels], [b.numpy() for b in policy.biases],
                          config, metadata=metadata)
-
-
-def _parse_features(items: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise ValueError(f"--feature {item!r}: expected NAME=VALUE")
-        overrides[name.strip()] = value.strip()
-    return overrides
 
 
 def write_manifest(policy: LearnedPolicy, model_dir: str, evaluation_dir: str | None) -> str:
@@ -195,10 +174,9 @@ def run_command(args) -> int:
 
     if args.evaluation and not os.path.isfile(os.path.join(args.evaluation, "summary.json")):
         raise ValueError(f"--evaluation {args.evaluation!r} has no summary.json")
-    overrides = _parse_features(args.feature)
     policy = load_policy(args.policy)
-    if overrides:
-        policy = with_features(policy, overrides)
+    if args.feature:
+        policy = with_features(policy, args.feature)
     path = export_policy(policy, args.model_dir, args.name)
     print(f"exported {args.policy} to {path}")
     if args.evaluation:
