@@ -400,11 +400,6 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
         sampled_rms = tf.sqrt(sampled_v_hat) + config.epsilon
         statistics = _tensor_statistics(gradient, state.m, sampled_rms, config, sampler,
                                         state.action if config.gradient_memory else None)
-        if config.surge_warmup:  # the warm-up's threshold (`surge_warmup`)
-            statistics = statistics._replace(surge=tf.where(
-                t > config.surge_warmup, statistics.surge,
-                statistics.surge - math.log(config.surge_warmup_threshold
-                                            / config.surge_threshold)))
     if config.rms_sharing:
         if v_mean is None:
             v_mean = _finite_tensor_mean(sampled_v_hat, sampler)
@@ -615,13 +610,17 @@ def observation(gradient: tf.Tensor, state: State, config: FeatureConfig,
                      _moments(gradient, state, config, _sampler(gradient, segments)), config)
 
 
-def _increment(action, alignment, surge, action_mean, config: FeatureConfig):
-    """log_lr's increment: the nominal controller's, corrected by the policy's action."""
+def _increment(action, alignment, surge, t, action_mean, config: FeatureConfig):
+    """log_lr's increment: the nominal controller's, corrected by the policy's action (`t`:
+    the coordinate's step count, for `surge_warmup`)."""
     action = tf.clip_by_value(action, -1.0, 1.0)
     if action_mean is not None:
         action = action - action_mean
     increment = tf.clip_by_value(config.nominal_gain * alignment + action, -1.0, 1.0)
     if config.surge_gain:
+        if config.surge_warmup:  # the warm-up's threshold, surge_warmup_threshold
+            surge = tf.where(t > config.surge_warmup, surge, surge - math.log(
+                config.surge_warmup_threshold / config.surge_threshold))
         # Outside the ±1 bound: a surge of the whole tensor cuts its steps at once.
         increment -= config.surge_gain * tf.nn.relu(surge - math.log(config.surge_threshold))
     return increment
@@ -632,14 +631,16 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     """`sampled_action`: the clipped action on the tensor's sample (`_sample`), given where
     `center_action` or `max_spread` needs it."""
     action_mean = _tensor_mean(sampled_action, sampler) if config.center_action else None
-    action = _increment(action, moments.alignment, moments.surge, action_mean, config)
+    action = _increment(action, moments.alignment, moments.surge, moments.t, action_mean,
+                        config)
     previous = state.log_lr
     if config.start_log_lr:  # a fresh coordinate's start (`start_log_lr`)
         previous = previous + tf.where(state.t == 0.0, config.start_log_lr, 0.0)
     log_lr = _stepped_log_lr(previous, action, config, _boost(moments, config))
     if config.max_spread:
         sampled_log_lr = _stepped_log_lr(_sample(previous, sampler), _increment(
-            sampled_action, _sample(moments.alignment, sampler), _sample(moments.surge, sampler),
+            sampled_action, *(_sample(x, sampler) for x in (moments.alignment, moments.surge,
+                                                            moments.t)),
             action_mean, config), config, _boost(moments, config, sampler))
         mean = _tensor_mean(sampled_log_lr, sampler)
         log_lr = mean + tf.clip_by_value(log_lr - mean, -config.max_spread, config.max_spread)
