@@ -533,6 +533,13 @@ def test_non_finite_config_values_are_refused(field):
             FeatureConfig(**{field: value})
 
 
+def _state_at(m, v, t):
+    """A state with momentum m and squared-gradient average v after t steps (log_lr and the
+    last action 0): what `_numpy_alignment` takes."""
+    return features.State(*(tf.constant(x, tf.float32) for x in (
+        m, v, np.zeros_like(m), np.zeros_like(m), np.full_like(m, t))))
+
+
 def _numpy_alignment(g, m, v, t, config, picked):
     v_new = config.beta2 * v + (1 - config.beta2) * g ** 2
     rms = np.sqrt(v_new / (1 - config.beta2 ** (t + 1))) + config.epsilon
@@ -546,8 +553,7 @@ def test_preconditioned_cosine_is_the_alignments_cosine_per_segment():
     rng = np.random.default_rng(8)
     g, m, last = (rng.normal(size=10) for _ in range(3))
     v = rng.uniform(0.5, 2.0, size=10)
-    state = features.State(*(tf.constant(x, tf.float32)
-                             for x in (m, v, np.zeros(10), np.zeros(10), np.full(10, 3.0))))
+    state = _state_at(m, v, 3.0)
     segments = features.Segments(tf.constant([0] * 4 + [1] * 6), 2)
     config = FeatureConfig()
     gated = FeatureConfig(gradient_memory=True, determinism_gate=True, surge_gain=3.0,
@@ -579,9 +585,7 @@ def test_large_tensors_statistics_use_a_strided_sample():
     picked = np.arange(9000) % stride == 0
     m.reshape(-1)[picked] = g.reshape(-1)[picked]
     m.reshape(-1)[~picked] = -g.reshape(-1)[~picked]
-    state = features.State(*(tf.constant(x, tf.float32)
-                             for x in (m, v, np.zeros(shape), np.zeros(shape),
-                                       np.full(shape, 3.0))))
+    state = _state_at(m, v, 3.0)
     obs = features.observation(tf.constant(g, tf.float32), state, config)
     alignment = obs[..., features.FEATURE_NAMES.index("tensor_alignment")].numpy()
     want = _numpy_alignment(g.reshape(-1), m.reshape(-1), v.reshape(-1), 3.0, config, picked)
