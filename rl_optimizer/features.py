@@ -20,7 +20,8 @@ One step, given the gradient g of a coordinate in tensor T:
 
   1. t ← t + 1; m, v ← β1·m + (1−β1)·g, β2·v + (1−β2)·g²; m̂, v̂ = m/(1−β1ᵗ), v/(1−β2ᵗ)
      (option: v̂ ← (1−s)·v̂ + s·mean over T of v̂, s = p·|alignment|, `rms_sharing`; or
-     s = p·w, `determinism_gate`);
+     s = p·w, `determinism_gate`; s falls to 0 where v̂ spreads over the tensor,
+     `sharing_spread`);
   2. alignment = cosine over T of g/√v̂ and m_{t−1}/√v̂ (`Segments` say which tensor is which;
      over a strided sample of at most 4096 of T's coordinates, `STATISTICS_SAMPLE`) (option:
      blended with the cosine with g_{t−1}/√v̂ as far as the tensor is deterministic,
@@ -104,10 +105,10 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor, nor `rms_sharing`, `nesterov`, `gradient_memory`, `learned_look_ahead`,
-`determinism_gate`, `startup_boost`, `start_log_lr` and `surge_warmup`: off by default, so an older
-policy's `FeatureConfig` means what it meant; a policy that sets them fails to load in an
-older release, whose `FeatureConfig` does not know them.)"""
+noise floor, nor `rms_sharing`, `sharing_spread`, `nesterov`, `gradient_memory`,
+`learned_look_ahead`, `determinism_gate`, `startup_boost`, `start_log_lr` and `surge_warmup`:
+off by default, so an older policy's `FeatureConfig` means what it meant; a policy that sets
+them fails to load in an older release, whose `FeatureConfig` does not know them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
@@ -192,6 +193,14 @@ class FeatureConfig:
     0: Adam's v̂ (off; the shipped policy's setting: retrained with p = 1 it beat tuned Adam
     more often on the analytic families, but a first layer fed unstandardised inputs needs
     per-coordinate scales for a reason that is not stale history, and lost; README, Results)."""
+    sharing_spread: float = bounded(0.0, ge=0.0)
+    """With `rms_sharing`: the share falls to 0 where the tensor's coordinates' v̂ spread,
+    ln(arithmetic mean v̂ / geometric mean v̂) over the tensor, reaches `sharing_spread`
+    (linearly from half of it). Stale history spreads v̂ little (0.1–1.8 on the convex
+    families' trajectories; 0.1–1.6 on the Keras validation set's tensors) where a first layer
+    fed unstandardised inputs holds per-coordinate scales that are true: the gradient of its
+    weight j is x_j times the unit's error, and features of sizes 0.1…1000 spread v̂ by
+    5 (the validation set's raw features) to 44 (wine with dead units). Scale-free. 0: off."""
     nesterov: float = bounded(0.0, ge=0.0, le=1.0)
     """p: step along m̂ + p·(1−β1)·(g − m̂), QHAdam with ν = 1 − p·(1−β1) (Ma & Yarats 2019);
     at p = 1 Nesterov momentum's look-ahead β1·m̂ + (1−β1)·g, the NAdam of Dozat (2016).
@@ -291,6 +300,9 @@ class FeatureConfig:
             raise ValueError("FeatureConfig.learned_look_ahead: needs center_action (the "
                              "look-ahead's weight is the action's mean over the tensor, which "
                              "only a centred action leaves out of the step sizes)")
+        if self.sharing_spread and not self.rms_sharing:
+            raise ValueError("FeatureConfig.sharing_spread: needs rms_sharing (it gates "
+                             "rms_sharing's share)")
         if self.determinism_gate and not self.gradient_memory:
             raise ValueError("FeatureConfig.determinism_gate: needs gradient_memory (the gate "
                              "is the gradient's cosine with the last gradient, which only "
@@ -357,7 +369,7 @@ class _Moments(NamedTuple):
     surge: tf.Tensor
     determinism: tf.Tensor
     steady: tf.Tensor
-    v_mean: tf.Tensor | None  # the tensor's mean v̂ where `rms_sharing` uses it, else None
+    sharing: tuple[tf.Tensor, tf.Tensor] | None  # `rms_sharing`'s (mean v̂, share), else None
 
     @property
     def statistics(self) -> _Statistics:
@@ -389,8 +401,8 @@ def preconditioned_cosine(gradient: tf.Tensor, other: tf.Tensor, state: State,
 
 
 def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
-             statistics: _Statistics | None = None, v_mean=None) -> _Moments:
-    """`statistics` and `v_mean`: the tensor's, where the call is on its sample alone."""
+             statistics: _Statistics | None = None, sharing=None) -> _Moments:
+    """`statistics` and `sharing`: the tensor's, where the call is on its sample alone."""
     t, v, v_hat = _second_moment(gradient, state, config)
     # The statistics' unshared v̂ on the sample alone: computed over the whole tensor, the
     # unshared √v̂ of `rms_sharing` would be a pass of its own that XLA keeps for the sample.
@@ -401,11 +413,15 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
         statistics = _tensor_statistics(gradient, state.m, sampled_rms, config, sampler,
                                         state.action if config.gradient_memory else None)
     if config.rms_sharing:
-        if v_mean is None:
+        if sharing is None:
             v_mean = _finite_tensor_mean(sampled_v_hat, sampler)
-        # Shared as far as the tensor's gradient keeps or reverses its direction (see
-        # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
-        share = config.rms_sharing * statistics.determinism
+            # Shared as far as the tensor's gradient keeps or reverses its direction (see
+            # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
+            share = config.rms_sharing * statistics.determinism
+            if config.sharing_spread:
+                share *= _spread_gate(sampled_v_hat, v_mean, sampler, config)
+            sharing = (v_mean, share)
+        v_mean, share = sharing
         v_hat = (1.0 - share) * v_hat + share * v_mean
     rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
@@ -415,7 +431,7 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
         if config.determinism_gate:
             look_ahead *= statistics.determinism
         m_hat += look_ahead * (gradient - m_hat)
-    return _Moments(m, v, t, m_hat, _normalized(m_hat, rms, config), rms, *statistics, v_mean)
+    return _Moments(m, v, t, m_hat, _normalized(m_hat, rms, config), rms, *statistics, sharing)
 
 
 class Segments(NamedTuple):
@@ -515,6 +531,24 @@ def _finite_tensor_mean(x: tf.Tensor, sampler: _Sampler) -> tf.Tensor:
     finite = tf.math.is_finite(x)
     total = _tensor_sum(tf.where(finite, x, tf.zeros_like(x)), sampler)
     return total / tf.maximum(_tensor_sum(tf.cast(finite, x.dtype), sampler), 1.0)
+
+
+_SPREAD_FLOOR = 1e-12
+"""Where `sharing_spread` counts a coordinate's v̂ (a dead unit's 0, say): this fraction of
+its tensor's mean v̂, so the spread is bounded (≤ 27.6) and stays scale-free."""
+
+
+def _spread_gate(v_hat, v_mean, sampler: _Sampler, config: FeatureConfig) -> tf.Tensor:
+    """`sharing_spread`'s factor in [0, 1] on `rms_sharing`'s share: 1 where the tensor's
+    spread of v̂ (ln of its arithmetic over its geometric mean, on the sampled finite
+    coordinates `v_hat`; a coordinate under 1e-12 of the mean counts as 1e-12 of it) is at
+    most half of `sharing_spread`, falling linearly to 0 at `sharing_spread`."""
+    floor = _SPREAD_FLOOR * v_mean
+    log_v = tf.math.log(tf.maximum(v_hat, floor))
+    spread = tf.where(v_mean > 0.0,
+                      tf.math.log(tf.maximum(v_mean, 1e-37)) - _finite_tensor_mean(log_v, sampler),
+                      tf.zeros_like(v_mean))
+    return tf.clip_by_value(2.0 * (1.0 - spread / config.sharing_spread), 0.0, 1.0)
 
 
 def _tensor_statistics(gradient, momentum, rms, config: FeatureConfig, sampler: _Sampler,
@@ -730,7 +764,7 @@ def step(actor: Callable[[tf.Tensor], tf.Tensor], gradient: tf.Tensor, state: St
             sample_state = State(*(_sample(x, sampler) for x in state))
             sample_gradient = _sample(gradient, sampler)
             sample_moments = _moments(sample_gradient, sample_state, config, sampler,
-                                      moments.statistics, moments.v_mean)
+                                      moments.statistics, moments.sharing)
             sampled = actor(_features(sample_gradient, sample_state, sample_moments, config))
         else:
             sampled = action

@@ -123,6 +123,33 @@ def test_rms_sharing_mixes_v_with_its_tensors_mean_as_far_as_the_tensor_is_align
     np.testing.assert_allclose(direction(1.0, features.init_state([5])), np.sign(g), rtol=1e-5)
 
 
+def test_sharing_spread_shares_only_tensors_whose_v_spreads_little():
+    """`sharing_spread` S: a tensor's share is scaled by clip(2·(1 − d/S), 0, 1), d = ln of
+    its v̂'s arithmetic over geometric mean: full up to S/2, none from S, each tensor by its
+    own spread."""
+    beta1, beta2 = FeatureConfig().beta1, FeatureConfig().beta2
+    g = np.array([1.0, -1.5, 2.0, 1.0, 30.0, -0.03, 0.5, 0.7], np.float32)
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1, 2, 2]), 3)
+    aligned = features.State(tf.constant(g), tf.constant(g * g), tf.zeros(8), tf.zeros(8),
+                             tf.fill([8], 9.0))  # m, v as if g had come before, t → 10
+    m_hat, v_hat = g / (1 - beta1 ** 10), g * g / (1 - beta2 ** 10)
+    ids = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    spread = [np.log(v_hat[i].mean()) - np.log(v_hat[i]).mean() for i in ids]
+    assert spread[0] < 0.5 and spread[1] > 4.0 and 0.03 < spread[2] < 0.1
+    for limit in (1.0, 0.1, 6.0):
+        config = FeatureConfig(nominal_gain=0.0, rms_sharing=1.0, sharing_spread=limit)
+        update, _ = features.step(_zero_actor, tf.constant(g), aligned, config,
+                                  segments=segments)
+        expected = []
+        for i, d in zip(ids, spread):
+            share = np.clip(2.0 * (1.0 - d / limit), 0.0, 1.0)
+            expected.append(m_hat[i] / np.sqrt((1 - share) * v_hat[i] + share * v_hat[i].mean()))
+        np.testing.assert_allclose(-update.numpy() / config.learning_rate,
+                                   np.concatenate(expected), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"^FeatureConfig\.sharing_spread: needs rms_sharing"):
+        FeatureConfig(sharing_spread=4.0)
+
+
 def test_nesterov_steps_part_of_the_way_to_the_look_ahead():
     """m̂ + p·(1−β1)·(g − m̂): at p = 1 Nesterov's look-ahead β1·m̂ + (1−β1)·g (QHAdam with
     ν = β1)."""
@@ -520,6 +547,7 @@ def test_scale_free():
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
                                          ("rms_sharing", 1.5), ("nesterov", 1.5),
+                                         ("sharing_spread", -1.0),
                                          ("learned_look_ahead", 1.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
@@ -607,6 +635,8 @@ def test_large_tensors_statistics_use_a_strided_sample():
                   gradient_memory=True),
     FeatureConfig(center_action=True, max_spread=0.5, rms_sharing=0.5, nesterov=1.0,
                   gradient_memory=True, determinism_gate=True, startup_boost=2.0),
+    FeatureConfig(center_action=True, rms_sharing=1.0, sharing_spread=0.3, nesterov=1.0,
+                  gradient_memory=True, determinism_gate=True),
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
                   surge_warmup=3.0, start_log_lr=-1.0)])
 def test_sampled_statistics_agree_across_paths(config):

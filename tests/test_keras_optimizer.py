@@ -176,6 +176,7 @@ def test_embedding_model_trains():
                                      {"rms_sharing": 0.5, "nesterov": 1.0,
                                       "gradient_memory": True, "determinism_gate": True,
                                       "startup_boost": 2.0},
+                                     {"rms_sharing": 1.0, "sharing_spread": 0.2},
                                      {"start_log_lr": -2.3, "startup_boost": 4.0},
                                      {"start_log_lr": -2.3, "startup_boost": 4.0,
                                       "surge_warmup": 2.0}])
