@@ -196,11 +196,12 @@ class FeatureConfig:
     sharing_spread: float = bounded(0.0, ge=0.0)
     """With `rms_sharing`: the share falls to 0 where the tensor's coordinates' v̂ spread,
     ln(arithmetic mean v̂ / geometric mean v̂) over the tensor, reaches `sharing_spread`
-    (linearly from half of it). Stale history spreads v̂ little (0.1–1.8 on the convex
-    families' trajectories; 0.1–1.6 on the Keras validation set's tensors) where a first layer
-    fed unstandardised inputs holds per-coordinate scales that are true: the gradient of its
-    weight j is x_j times the unit's error, and features of sizes 0.1…1000 spread v̂ by
-    5 (the validation set's raw features) to 44 (wine with dead units). Scale-free. 0: off."""
+    (linearly from half of it). Stale history spreads v̂ little (0.0–2.3 along the convex
+    families' trajectories, 0.0–1.8 on most of the Keras validation set's tensors) where a
+    first layer fed unstandardised inputs holds per-coordinate scales that are true: the
+    gradient of its weight j is x_j times the unit's error, and the validation set's raw
+    features spread it 5.2. An Embedding's untouched rows (v̂ = 0) spread it too (19.7), and
+    are not shared either. Scale-free. 0: off (README, Results: not shipped)."""
     nesterov: float = bounded(0.0, ge=0.0, le=1.0)
     """p: step along m̂ + p·(1−β1)·(g − m̂), QHAdam with ν = 1 − p·(1−β1) (Ma & Yarats 2019);
     at p = 1 Nesterov momentum's look-ahead β1·m̂ + (1−β1)·g, the NAdam of Dozat (2016).
