@@ -4,17 +4,16 @@
         [--tasks a,b] [--seeds 0,1] [--tuned]
 
 Training keeps the actor that scores best on its validation instances: the analytic families
-and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These ten
+and small teacher MLPs and RNNs of a few hundred coordinates, no Keras model. These eleven
 models are a validation set of what users train, for choosing between policies that training
 has already selected, before any of them meets the suite (`rl-optimizer evaluate`) or the
 holdout (`keras_holdout`), which stay the test: other data (made in code or bundled with
 scikit-learn; never digits, breast cancer, wine, iris, diabetes, moons, nor the suite's
 sequences and tokens), other models (BatchNorm in an MLP and a CNN, Dropout, SimpleRNN, an
 Embedding with max pooling, an autoencoder, a regression, ELU, a first layer fed
-unstandardised inputs, a deep Dropout MLP fed min-max-scaled inputs), and the same comparison
-as
-`keras_holdout` (`model.fit`, batch 32, final training loss; `Adam()`, and with --tuned
-learning-rate-tuned Adam).
+unstandardised inputs, one fed features of mixed scale up to the thousands, a deep Dropout
+MLP fed min-max-scaled inputs), and the same comparison as `keras_holdout` (`model.fit`,
+batch 32, final training loss; `Adam()`, and with --tuned learning-rate-tuned Adam).
 """
 
 from __future__ import annotations
@@ -69,6 +68,19 @@ def _raw_features(seed):
     rng = np.random.default_rng(6000 + seed)
     x = x * 10 ** rng.uniform(-1, 2, 20) + 10 ** rng.uniform(-1, 2, 20)
     return kt._xy_split(x.astype(np.float32), y, seed)
+
+
+def _mixed_scale_features(seed):
+    """Three classes of 13 features at mixed scales, as raw measurements are (wine's run from
+    0.1 to 1000): each feature's mean 0.1…1000 and its spread 5–40% of its mean, so a few
+    features in the hundreds or thousands dominate the first layer. 300 samples."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(300, 13, n_informative=10, n_redundant=2, n_classes=3,
+                               class_sep=2.0, random_state=700 + seed)
+    rng = np.random.default_rng(7000 + seed)
+    mean, spread = 10 ** rng.uniform(-1, 3, 13), rng.uniform(0.05, 0.4, 13)
+    return kt._xy_split((x * mean * spread + mean).astype(np.float32), y, seed)
 
 
 def _min_max_features(seed):
@@ -167,6 +179,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          kt._sequential((64,), _dense(256, "relu"), lambda: _L.Dropout(0.2), _dense(128, "relu"),
                         _dense(64, "relu"), _dense(10)),
          kt._sparse_ce, "accuracy", 20),
+    Task("mixed_scale_features", "3 classes of 13 features with means 0.1…1000, MLP 32-3",
+         _mixed_scale_features,
+         kt._sequential((13,), _dense(32, "relu"), _dense(3)), kt._sparse_ce, "accuracy", 40),
 ]}
 
 
