@@ -202,6 +202,17 @@ class FeatureConfig:
     gradient of its weight j is x_j times the unit's error, and the validation set's raw
     features spread it 5.2. An Embedding's untouched rows (v̂ = 0) spread it too (19.7), and
     are not shared either. Scale-free. 0: off (README, Results: not shipped)."""
+    spread_ceiling: float = bounded(0.0, ge=0.0)
+    """With `sharing_spread`: where the tensor's v̂ spreads, its steps are taken at a log_lr of
+    at most log_lr_max − spread_ceiling·(1 − g), g the spread's gate on the sharing (1 where
+    v̂ spreads little, 0 from `sharing_spread` on); the log_lr kept in the state is not bounded
+    so. A first layer fed unstandardised inputs moves a unit's pre-activation by its step times
+    the sum of the inputs' sizes, and a log_lr that its steady gradients (a feature in the
+    thousands makes every minibatch's gradient point about the same way) raise towards
+    log_lr_max kills its ReLUs: runs/ss3's first layer reached it on a validation task of
+    features with means up to 1000 and ended at chance on one seed of eight (with a ceiling of
+    3, on none; README, Results). The spread says so where the gradients' direction cannot:
+    steady gradients are what a deterministic problem has too. Scale-free. 0: off."""
     nesterov: float = bounded(0.0, ge=0.0, le=1.0)
     """p: step along m̂ + p·(1−β1)·(g − m̂), QHAdam with ν = 1 − p·(1−β1) (Ma & Yarats 2019);
     at p = 1 Nesterov momentum's look-ahead β1·m̂ + (1−β1)·g, the NAdam of Dozat (2016).
@@ -304,6 +315,9 @@ class FeatureConfig:
         if self.sharing_spread and not self.rms_sharing:
             raise ValueError("FeatureConfig.sharing_spread: needs rms_sharing (it gates "
                              "rms_sharing's share)")
+        if self.spread_ceiling and not self.sharing_spread:
+            raise ValueError("FeatureConfig.spread_ceiling: needs sharing_spread (the ceiling "
+                             "follows sharing_spread's gate)")
         if self.determinism_gate and not self.gradient_memory:
             raise ValueError("FeatureConfig.determinism_gate: needs gradient_memory (the gate "
                              "is the gradient's cosine with the last gradient, which only "
@@ -370,7 +384,8 @@ class _Moments(NamedTuple):
     surge: tf.Tensor
     determinism: tf.Tensor
     steady: tf.Tensor
-    sharing: tuple[tf.Tensor, tf.Tensor] | None  # `rms_sharing`'s (mean v̂, share), else None
+    # `rms_sharing`'s (mean v̂, share, `sharing_spread`'s gate or 1), else None
+    sharing: tuple[tf.Tensor, tf.Tensor, tf.Tensor | float] | None
 
     @property
     def statistics(self) -> _Statistics:
@@ -419,10 +434,12 @@ def _moments(gradient, state: State, config: FeatureConfig, sampler: _Sampler,
             # Shared as far as the tensor's gradient keeps or reverses its direction (see
             # `rms_sharing`): the alignment here is Adam's, on the unshared v̂.
             share = config.rms_sharing * statistics.determinism
+            gate = 1.0
             if config.sharing_spread:
-                share *= _spread_gate(sampled_v_hat, v_mean, sampler, config)
-            sharing = (v_mean, share)
-        v_mean, share = sharing
+                gate = _spread_gate(sampled_v_hat, v_mean, sampler, config)
+                share *= gate
+            sharing = (v_mean, share, gate)
+        v_mean, share, _ = sharing
         v_hat = (1.0 - share) * v_hat + share * v_mean
     rms = tf.sqrt(v_hat) + config.epsilon
     m = config.beta1 * state.m + (1.0 - config.beta1) * gradient
@@ -691,8 +708,9 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
     # A non-finite gradient leaves its coordinate where it was, state included.
     finite = tf.math.is_finite(gradient)
     new_state = State(*(tf.where(finite, new, old) for new, old in zip(new_state, state)))
-    # The step from the kept log_lr (the same number where the step is taken): a Keras step
-    # under XLA then computes the new log_lr once, not once for the slot and once for the step.
+    # The step from the kept log_lr (the same number where the step is taken, `spread_ceiling`
+    # aside): a Keras step under XLA then computes the new log_lr once, not once for the slot
+    # and once for the step.
     lr = config.learning_rate if learning_rate is None else learning_rate
     direction = moments.direction
     if config.learned_look_ahead:
@@ -701,7 +719,11 @@ def _apply(action, gradient, state: State, moments: _Moments, config: FeatureCon
         weight = config.learned_look_ahead * 0.5 * (action_mean + 1.0) * (1.0 - config.beta1)
         m_hat = moments.m_hat
         direction = _normalized(m_hat + weight * (gradient - m_hat), moments.rms, config)
-    update = -lr * tf.exp(new_state.log_lr) * direction
+    step_log_lr = new_state.log_lr
+    if config.spread_ceiling:  # where v̂ spreads, the step's bound (`spread_ceiling`)
+        step_log_lr = tf.minimum(step_log_lr, config.log_lr_max
+                                 - config.spread_ceiling * (1.0 - moments.sharing[2]))
+    update = -lr * tf.exp(step_log_lr) * direction
     update = tf.where(finite, update, tf.zeros_like(update))
     return update, new_state
 

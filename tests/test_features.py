@@ -150,6 +150,38 @@ def test_sharing_spread_shares_only_tensors_whose_v_spreads_little():
         FeatureConfig(sharing_spread=4.0)
 
 
+def test_spread_ceiling_bounds_the_step_where_v_spreads_not_the_kept_log_lr():
+    """`spread_ceiling` C: each tensor's step is taken at log_lr ≤ log_lr_max − C·(1 − gate),
+    the gate `sharing_spread`'s; the state keeps the log_lr it would have had."""
+    beta2 = FeatureConfig().beta2
+    g = np.array([1.0, -1.5, 2.0, 1.0, 30.0, -0.03, 0.5, 0.7], np.float32)
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1, 2, 2]), 3)
+    log_lr = np.full(8, 3.5, np.float32)
+    state = features.State(tf.constant(g), tf.constant(g * g), tf.constant(log_lr),
+                           tf.zeros(8), tf.fill([8], 9.0))
+    v_hat = g * g / (1 - beta2 ** 10)
+    ids = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    spread = [np.log(v_hat[i].mean()) - np.log(v_hat[i]).mean() for i in ids]
+    base = FeatureConfig(nominal_gain=0.0, rms_sharing=1.0, sharing_spread=0.2, log_lr_max=4.0)
+    free, free_state = features.step(_zero_actor, tf.constant(g), state, base,
+                                     segments=segments)
+    for ceiling in (1.0, 3.0):
+        config = dataclasses.replace(base, spread_ceiling=ceiling)
+        update, new_state = features.step(_zero_actor, tf.constant(g), state, config,
+                                          segments=segments)
+        np.testing.assert_allclose(new_state.log_lr.numpy(), free_state.log_lr.numpy())
+        bound = np.concatenate([np.full(i.stop - i.start, 4.0 - ceiling * (
+            1 - np.clip(2.0 * (1.0 - d / 0.2), 0.0, 1.0))) for i, d in zip(ids, spread)])
+        factor = np.exp(np.minimum(free_state.log_lr.numpy(), bound)
+                        - free_state.log_lr.numpy())
+        np.testing.assert_allclose(update.numpy(), free.numpy() * factor, rtol=1e-4)
+        # The third tensor spreads by under half the limit (0.06 of 0.2) and is not bounded;
+        # the second, by more than the limit, is; the first (0.15) between them, less.
+        assert factor[6] == 1.0 and factor[3] < factor[0] <= 1.0 and factor[3] < 1.0
+    with pytest.raises(ValueError, match=r"^FeatureConfig\.spread_ceiling: needs sharing_spread"):
+        FeatureConfig(rms_sharing=1.0, spread_ceiling=3.0)
+
+
 def test_nesterov_steps_part_of_the_way_to_the_look_ahead():
     """m̂ + p·(1−β1)·(g − m̂): at p = 1 Nesterov's look-ahead β1·m̂ + (1−β1)·g (QHAdam with
     ν = β1)."""
@@ -547,7 +579,7 @@ def test_scale_free():
                                          ("floor_alignment", -0.1), ("floor_alignment", 1.5),
                                          ("floor_log_lr", 0.5), ("floor_log_lr", -20.0),
                                          ("rms_sharing", 1.5), ("nesterov", 1.5),
-                                         ("sharing_spread", -1.0),
+                                         ("sharing_spread", -1.0), ("spread_ceiling", -1.0),
                                          ("learned_look_ahead", 1.5)])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=rf"^FeatureConfig\.{field}: must be "):
@@ -637,6 +669,8 @@ def test_large_tensors_statistics_use_a_strided_sample():
                   gradient_memory=True, determinism_gate=True, startup_boost=2.0),
     FeatureConfig(center_action=True, rms_sharing=1.0, sharing_spread=0.3, nesterov=1.0,
                   gradient_memory=True, determinism_gate=True),
+    FeatureConfig(center_action=True, rms_sharing=1.0, sharing_spread=0.3, spread_ceiling=3.0,
+                  log_lr_max=2.0),
     FeatureConfig(center_action=True, max_spread=0.5, surge_gain=3.0, surge_threshold=1.5,
                   surge_warmup=3.0, start_log_lr=-1.0)])
 def test_sampled_statistics_agree_across_paths(config):

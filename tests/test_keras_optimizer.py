@@ -177,6 +177,8 @@ def test_embedding_model_trains():
                                       "gradient_memory": True, "determinism_gate": True,
                                       "startup_boost": 2.0},
                                      {"rms_sharing": 1.0, "sharing_spread": 0.2},
+                                     {"rms_sharing": 1.0, "sharing_spread": 0.2,
+                                      "spread_ceiling": 3.0},
                                      {"start_log_lr": -2.3, "startup_boost": 4.0},
                                      {"start_log_lr": -2.3, "startup_boost": 4.0,
                                       "surge_warmup": 2.0}])
