@@ -55,13 +55,17 @@ all grow past their running RMS at once, before the momentum turns; the anchor p
 sizes that minibatch noise has annealed below `anchor_log_lr` (the shipped policy's: 5e-3)
 back towards it; the noise floor holds them at `floor_log_lr` (the shipped policy's: 1.35e-3)
 unless the tensor clearly overshoots, as a deterministic problem whose steps are too large
-does (the alignment of minibatch noise is −0.02…−0.2, of an overshoot near −1). The shipped
-policy's β2 is 0.99, not Adam's 0.999: with a 1000-step memory,
-v̂ stays at early training's large gradients once a network's loss is near 0, the controller
-raises log_lr to make up for the small m̂/√v̂, and the steps are huge when the gradients
-return. The policy's action corrects each coordinate's increment from what its own gradient
-history shows: the zero action is the nominal controller, an Adam-direction optimizer that
-stays stable out of distribution (Harrison et al. 2022).
+does (the alignment of minibatch noise is −0.02…−0.2, of an overshoot near −1). Where a
+tensor's gradient is deterministic (it repeats or reverses its last one), the shipped policy
+steers by the cosine with the last gradient instead and steps along Nesterov's look-ahead with
+v̂ half shared over the tensor (`determinism_gate`, `nesterov`, `rms_sharing`,
+`sharing_spread`): heavy-ball momentum and a stale per-coordinate v̂ bound how fast it
+converges near a minimum. The shipped policy's β2 is 0.99, not Adam's 0.999: with a
+1000-step memory, v̂ stays at early training's large gradients once a network's loss is near
+0, the controller raises log_lr to make up for the small m̂/√v̂, and the steps are huge when
+the gradients return. The policy's action corrects each coordinate's increment from what its
+own gradient history shows: the zero action is the nominal controller, an Adam-direction
+optimizer that stays stable out of distribution (Harrison et al. 2022).
 
 Scale-free by construction: nothing the policy sees depends on the units of the parameters or
 of the loss. The observation holds normalised gradient and momentum (Andrychowicz et al. 2016),
@@ -190,9 +194,10 @@ class FeatureConfig:
     (training's validation, teacher MLPs and RNNs). So it is shared as far as the problem
     shows it is deterministic: a deterministic gradient keeps or reverses its direction
     (|alignment| near 1), minibatch noise does neither (|alignment| 0.02…0.2). Scale-free.
-    0: Adam's v̂ (off; the shipped policy's setting: retrained with p = 1 it beat tuned Adam
-    more often on the analytic families, but a first layer fed unstandardised inputs needs
-    per-coordinate scales for a reason that is not stale history, and lost; README, Results)."""
+    0: Adam's v̂ (off; retrained with p = 1 it beat tuned Adam more often on the analytic
+    families, but a first layer fed unstandardised inputs needs per-coordinate scales for a
+    reason that is not stale history, and lost; README, Results: hence `sharing_spread`).
+    The shipped policy's: 0.5, with `determinism_gate` and `sharing_spread`."""
     sharing_spread: float = bounded(0.0, ge=0.0)
     """With `rms_sharing`: the share falls to 0 where the tensor's coordinates' v̂ spread,
     ln(arithmetic mean v̂ / geometric mean v̂) over the tensor, reaches `sharing_spread`
@@ -201,7 +206,7 @@ class FeatureConfig:
     first layer fed unstandardised inputs holds per-coordinate scales that are true: the
     gradient of its weight j is x_j times the unit's error, and the validation set's raw
     features spread it 5.2. An Embedding's untouched rows (v̂ = 0) spread it too (19.7), and
-    are not shared either. Scale-free. 0: off (README, Results: not shipped)."""
+    are not shared either. Scale-free. 0: off. The shipped policy's: 4."""
     spread_ceiling: float = bounded(0.0, ge=0.0)
     """With `sharing_spread`: where the tensor's v̂ spreads, its steps are taken at a log_lr of
     at most log_lr_max − spread_ceiling·(1 − g), g the spread's gate on the sharing (1 where
@@ -212,7 +217,8 @@ class FeatureConfig:
     log_lr_max kills its ReLUs: runs/ss3's first layer reached it on a validation task of
     features with means up to 1000 and ended at chance on one seed of eight (with a ceiling of
     3, on none; README, Results). The spread says so where the gradients' direction cannot:
-    steady gradients are what a deterministic problem has too. Scale-free. 0: off."""
+    steady gradients are what a deterministic problem has too. Scale-free. 0: off. The
+    shipped policy's: 3."""
     nesterov: float = bounded(0.0, ge=0.0, le=1.0)
     """p: step along m̂ + p·(1−β1)·(g − m̂), QHAdam with ν = 1 − p·(1−β1) (Ma & Yarats 2019);
     at p = 1 Nesterov momentum's look-ahead β1·m̂ + (1−β1)·g, the NAdam of Dozat (2016).
@@ -220,8 +226,8 @@ class FeatureConfig:
     whatever the step size; the look-ahead does not bound it so, and a well-conditioned
     deterministic problem converges at the rate its step size allows. Under minibatch noise,
     though, the look-ahead's share of this step's gradient is noise the momentum would have
-    averaged: small teacher MLPs end at a higher loss (README, Results). 0: Adam's m̂ (the
-    shipped policy's setting)."""
+    averaged: small teacher MLPs end at a higher loss (README, Results). 0: Adam's m̂. The
+    shipped policy's: 1, with `determinism_gate` (the look-ahead p·w)."""
     learned_look_ahead: float = bounded(0.0, ge=0.0, le=1.0)
     """p: the look-ahead's weight, set by the policy. The mean over the tensor of the policy's
     action a — what `center_action` takes out of the step sizes — gives s = p·(mean a + 1)/2
@@ -242,8 +248,8 @@ class FeatureConfig:
     heavy-ball momentum's c is already negative and the last step's a still positive; under
     minibatch noise, though, successive gradients share the mean gradient and a stays
     positive at any step size (a Dropout MLP's step sizes grew to the bound and blew it up),
-    hence the gate. False: the alignment with m_{t−1} and the last action (the shipped
-    policy's setting)."""
+    hence the gate. False: the alignment with m_{t−1} and the last action. The shipped
+    policy's: on."""
     determinism_gate: bool = False
     """With `gradient_memory`: how deterministic a tensor is, w in [0, 1], is read from the
     cosine a of g/√v̂ with g_{t−1}/√v̂ alone, not from the cosine c with the momentum. A
@@ -260,7 +266,8 @@ class FeatureConfig:
     `rms_sharing` (p·w) and the look-ahead of `nesterov` (p·w). It tells noise from a
     deterministic gradient; it cannot tell a stale per-coordinate scale from a true one: a
     first layer fed unstandardised inputs has consistent gradients early on, is shared, and
-    its ReLUs die (README, Results: runs/dg0). False: |c| does (the shipped policy's setting)."""
+    its ReLUs die (README, Results: runs/dg0; hence `sharing_spread`). False: |c| does. The
+    shipped policy's: on, from 0.3 to 0.6."""
     startup_boost: float = bounded(0.0, ge=0.0)
     """b: in the first `startup_steps` steps log_lr's increment is multiplied by 1 + b·s, where
     s = clip((c − startup_low)/(startup_high − startup_low), 0, 1) and c is the cosine over the
@@ -289,9 +296,11 @@ class FeatureConfig:
     startup_high: float = bounded(0.97, gt=-1.0, le=1.0)
     """Where `startup_boost`'s s reaches 1; > `startup_low`."""
     determinism_low: float = bounded(0.1, ge=0.0, lt=1.0)
-    """Where `determinism_gate`'s w starts to rise from 0."""
+    """Where `determinism_gate`'s w starts to rise from 0 (the shipped policy's: 0.3; a
+    BatchNorm MLP's minibatch gradients repeat their last one with |cosine| ~0.45)."""
     determinism_high: float = bounded(0.4, gt=0.0, le=1.0)
-    """Where `determinism_gate`'s w reaches 1; > `determinism_low`."""
+    """Where `determinism_gate`'s w reaches 1; > `determinism_low` (the shipped policy's:
+    0.6)."""
     max_spread: float = bounded(0.0, ge=0.0)
     """If > 0, bounds each coordinate's log_lr to within ±max_spread of its tensor's mean log_lr
     (the mean before the bound): increments accumulate, so a policy that keeps raising some
