@@ -109,8 +109,9 @@ the version it was trained with and loads only under the same one. (Sampling the
 tensors over `STATISTICS_SAMPLE` coordinates did not bump it: the largest instance of the
 shipped configs has 484 coordinates, so their training is unchanged bit for bit and every
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
-noise floor, nor `rms_sharing`, `sharing_spread`, `nesterov`, `gradient_memory`,
-`learned_look_ahead`, `determinism_gate`, `startup_boost`, `start_log_lr` and `surge_warmup`:
+noise floor, nor `rms_sharing`, `sharing_spread`, `spread_ceiling`, `nesterov`,
+`gradient_memory`, `learned_look_ahead`, `determinism_gate`, `startup_boost`, `start_log_lr` and
+`surge_warmup`:
 off by default, so an older policy's `FeatureConfig` means what it meant; a policy that sets
 them fails to load in an older release, whose `FeatureConfig` does not know them.)"""
 
