@@ -111,9 +111,9 @@ shipped configs has 484 coordinates, so their training is unchanged bit for bit 
 version-2 policy trained on them stays valid. Nor did the blow-up guard, the anchor and the
 noise floor, nor `rms_sharing`, `sharing_spread`, `spread_ceiling`, `nesterov`,
 `gradient_memory`, `learned_look_ahead`, `determinism_gate`, `startup_boost`, `start_log_lr` and
-`surge_warmup`:
-off by default, so an older policy's `FeatureConfig` means what it meant; a policy that sets
-them fails to load in an older release, whose `FeatureConfig` does not know them.)"""
+`surge_warmup`: off by default, so an older policy's `FeatureConfig` means what it meant; a
+policy that sets them fails to load in an older release, whose `FeatureConfig` does not know
+them.)"""
 
 _LOG_STEP_SCALE = 7.0  # log(t) / 7 is about 1 after 1000 steps
 
