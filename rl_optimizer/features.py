@@ -60,12 +60,14 @@ tensor's gradient is deterministic (it repeats or reverses its last one), the sh
 steers by the cosine with the last gradient instead and steps along Nesterov's look-ahead with
 v̂ half shared over the tensor (`determinism_gate`, `nesterov`, `rms_sharing`,
 `sharing_spread`): heavy-ball momentum and a stale per-coordinate v̂ bound how fast it
-converges near a minimum. The shipped policy's β2 is 0.99, not Adam's 0.999: with a
-1000-step memory, v̂ stays at early training's large gradients once a network's loss is near
-0, the controller raises log_lr to make up for the small m̂/√v̂, and the steps are huge when
-the gradients return. The policy's action corrects each coordinate's increment from what its
-own gradient history shows: the zero action is the nominal controller, an Adam-direction
-optimizer that stays stable out of distribution (Harrison et al. 2022).
+converges near a minimum. Where v̂ spreads over a tensor (a first layer fed unstandardised
+inputs), its steps are taken at a lower bound (`spread_ceiling`). The shipped policy's β2
+is 0.99, not Adam's 0.999: with a 1000-step memory, v̂ stays at early training's large
+gradients once a network's loss is near 0, the controller raises log_lr to make up for the
+small m̂/√v̂, and the steps are huge when the gradients return. The policy's action corrects
+each coordinate's increment from what its own gradient history shows: the zero action is the
+nominal controller, an Adam-direction optimizer that stays stable out of distribution
+(Harrison et al. 2022).
 
 Scale-free by construction: nothing the policy sees depends on the units of the parameters or
 of the loss. The observation holds normalised gradient and momentum (Andrychowicz et al. 2016),
