@@ -123,18 +123,24 @@ def test_rms_sharing_mixes_v_with_its_tensors_mean_as_far_as_the_tensor_is_align
     np.testing.assert_allclose(direction(1.0, features.init_state([5])), np.sign(g), rtol=1e-5)
 
 
+def _three_spreads():
+    """Three tensors (segments) whose v̂, at g·g after 10 steps, spread by 0.15, > 4 and 0.06:
+    (g, segments, each tensor's slice, v̂, each tensor's ln(arithmetic / geometric mean v̂))."""
+    g = np.array([1.0, -1.5, 2.0, 1.0, 30.0, -0.03, 0.5, 0.7], np.float32)
+    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1, 2, 2]), 3)
+    v_hat = g * g / (1 - FeatureConfig().beta2 ** 10)
+    ids = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    return g, segments, ids, v_hat, [np.log(v_hat[i].mean()) - np.log(v_hat[i]).mean()
+                                     for i in ids]
+
+
 def test_sharing_spread_shares_only_tensors_whose_v_spreads_little():
     """`sharing_spread` S: a tensor's share is scaled by clip(2·(1 − d/S), 0, 1), d = ln of
     its v̂'s arithmetic over geometric mean: full up to S/2, none from S, each tensor by its
     own spread."""
-    beta1, beta2 = FeatureConfig().beta1, FeatureConfig().beta2
-    g = np.array([1.0, -1.5, 2.0, 1.0, 30.0, -0.03, 0.5, 0.7], np.float32)
-    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1, 2, 2]), 3)
-    aligned = features.State(tf.constant(g), tf.constant(g * g), tf.zeros(8), tf.zeros(8),
-                             tf.fill([8], 9.0))  # m, v as if g had come before, t → 10
-    m_hat, v_hat = g / (1 - beta1 ** 10), g * g / (1 - beta2 ** 10)
-    ids = [slice(0, 3), slice(3, 6), slice(6, 8)]
-    spread = [np.log(v_hat[i].mean()) - np.log(v_hat[i]).mean() for i in ids]
+    g, segments, ids, v_hat, spread = _three_spreads()
+    m_hat = g / (1 - FeatureConfig().beta1 ** 10)
+    aligned = _state_at(g, g * g, 9.0)  # m, v as if g had come before, t → 10
     assert spread[0] < 0.5 and spread[1] > 4.0 and 0.03 < spread[2] < 0.1
     for limit in (1.0, 0.1, 6.0):
         config = FeatureConfig(nominal_gain=0.0, rms_sharing=1.0, sharing_spread=limit)
@@ -153,15 +159,8 @@ def test_sharing_spread_shares_only_tensors_whose_v_spreads_little():
 def test_spread_ceiling_bounds_the_step_where_v_spreads_not_the_kept_log_lr():
     """`spread_ceiling` C: each tensor's step is taken at log_lr ≤ log_lr_max − C·(1 − gate),
     the gate `sharing_spread`'s; the state keeps the log_lr it would have had."""
-    beta2 = FeatureConfig().beta2
-    g = np.array([1.0, -1.5, 2.0, 1.0, 30.0, -0.03, 0.5, 0.7], np.float32)
-    segments = features.Segments(tf.constant([0, 0, 0, 1, 1, 1, 2, 2]), 3)
-    log_lr = np.full(8, 3.5, np.float32)
-    state = features.State(tf.constant(g), tf.constant(g * g), tf.constant(log_lr),
-                           tf.zeros(8), tf.fill([8], 9.0))
-    v_hat = g * g / (1 - beta2 ** 10)
-    ids = [slice(0, 3), slice(3, 6), slice(6, 8)]
-    spread = [np.log(v_hat[i].mean()) - np.log(v_hat[i]).mean() for i in ids]
+    g, segments, ids, _, spread = _three_spreads()
+    state = _state_at(g, g * g, 9.0, log_lr=3.5)
     base = FeatureConfig(nominal_gain=0.0, rms_sharing=1.0, sharing_spread=0.2, log_lr_max=4.0)
     free, free_state = features.step(_zero_actor, tf.constant(g), state, base,
                                      segments=segments)
@@ -593,11 +592,11 @@ def test_non_finite_config_values_are_refused(field):
             FeatureConfig(**{field: value})
 
 
-def _state_at(m, v, t):
-    """A state with momentum m and squared-gradient average v after t steps (log_lr and the
-    last action 0): what `_numpy_alignment` takes."""
+def _state_at(m, v, t, log_lr=0.0):
+    """A state with momentum m and squared-gradient average v after t steps (log_lr as given,
+    the last action 0): what `_numpy_alignment` takes."""
     return features.State(*(tf.constant(x, tf.float32) for x in (
-        m, v, np.zeros_like(m), np.zeros_like(m), np.full_like(m, t))))
+        m, v, np.full_like(m, log_lr), np.zeros_like(m), np.full_like(m, t))))
 
 
 def _numpy_alignment(g, m, v, t, config, picked):
