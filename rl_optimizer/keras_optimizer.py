@@ -211,15 +211,16 @@ class LearnedOptimizer(tf.keras.optimizers.Optimizer):
                                                        for value in values])
             return (tf.cast(update, dtype), [tf.cast(value, dtype) for value in new_values],
                     gradient_sq)
-        state = features.State(*values, t=self._step_count(gradient))
-        update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
-                                          tf.cast(self.learning_rate, gradient.dtype))
         # A boolean reduction: a quarter of the memory traffic of a float32 ‖g‖², and no
         # overflow to mistake for a non-finite value (float64 ‖g‖² cost ~0.15x of Adam's step).
         finite = tf.reduce_all(tf.math.is_finite(gradient))
-        # Selects, not a tf.cond: XLA runs a conditional's branches on one thread.
-        update = tf.where(finite, update, tf.zeros_like(update))
-        new_values = [tf.where(finite, new, old) for new, old in zip(new_state, values)]
+        state = features.State(*values, t=self._step_count(gradient))
+        # The skip is the step's `keep` (selects, not a tf.cond: XLA runs a conditional's
+        # branches on one thread), so the update is taken from the kept state.
+        update, new_state = features.step(actor, gradient, state, self.policy.feature_config,
+                                          tf.cast(self.learning_rate, gradient.dtype),
+                                          keep=finite)
+        new_values = list(new_state)[:len(values)]
         self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         gradient_sq = _estimated_sum_of_squares(gradient)
         return update, new_values, tf.where(finite, gradient_sq, tf.zeros_like(gradient_sq))

@@ -85,6 +85,41 @@ def test_non_finite_gradient_leaves_coordinate_unchanged():
     assert update[2] != 0.0
 
 
+_SHIPPED_OPTIONS = dict(center_action=True, nesterov=1.0, gradient_memory=True, rms_sharing=0.5,
+                        determinism_gate=True, sharing_spread=4.0, spread_ceiling=3.0,
+                        start_log_lr=-2.3, startup_boost=4.0)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("config", [FeatureConfig(**_SHIPPED_OPTIONS),
+                                    FeatureConfig(center_action=True, learned_look_ahead=1.0)])
+def test_keep_says_whether_the_step_is_taken_and_xla_takes_it_as_the_graph(config, keep):
+    """`keep` False: no update and the state as it was; True: the step without `keep`. Under
+    XLA the update is computed from the kept state: the same numbers, up to rounding (as a
+    graph's are)."""
+    rng = np.random.default_rng(3)
+    shape = (70, 90)  # more coordinates than STATISTICS_SAMPLE: the statistics are sampled
+    g = rng.normal(size=shape)
+    # The last gradient near this one: a deterministic tensor, whose v̂ is shared and whose
+    # step looks ahead (`determinism_gate`).
+    state = features.State(*(tf.constant(x.astype(np.float32)) for x in (
+        g + rng.normal(size=shape), rng.uniform(0.5, 2.0, shape), rng.normal(size=shape),
+        g + 0.1 * rng.normal(size=shape), np.full(shape, 5.0))))
+    g = tf.constant(g.astype(np.float32))
+    weights = tf.constant(rng.normal(size=features.OBSERVATION_SIZE).astype(np.float32))
+    actor = lambda obs: tf.tanh(tf.reduce_sum(obs * weights, -1))  # noqa: E731
+
+    def take(jit_compile):
+        return tf.function(lambda: features.step(actor, g, state, config, keep=tf.constant(keep)),
+                           jit_compile=jit_compile)()
+
+    expected = features.step(actor, g, state, config) if keep else (tf.zeros(shape), state)
+    for result, tolerance in ((take(False), 1e-6), (take(True), 1e-5)):
+        for got, want in zip(tf.nest.flatten(result), tf.nest.flatten(expected)):
+            np.testing.assert_allclose(got, want, rtol=tolerance,
+                                       atol=tolerance * np.max(np.abs(want)))
+
+
 @pytest.mark.parametrize("config", [FeatureConfig(rms_sharing=0.5),
                                     FeatureConfig(rms_sharing=1.0),
                                     FeatureConfig(rms_sharing=1.0, nesterov=1.0,
