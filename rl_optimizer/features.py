@@ -409,8 +409,13 @@ def _second_moment(gradient, state: State, config: FeatureConfig):
     bias-corrected value (Adam's, before any `rms_sharing`)."""
     t = state.t + 1.0
     v = config.beta2 * state.v + (1.0 - config.beta2) * tf.square(gradient)
-    # Adam's bias correction (Kingma & Ba 2015, Algorithm 1).
-    return t, v, v / (1.0 - tf.pow(config.beta2, t))
+    return t, v, _bias_corrected(v, config.beta2, t)
+
+
+def _bias_corrected(average, beta, t):
+    """Adam's bias correction (Kingma & Ba 2015, Algorithm 1) of an exponential average with
+    decay `beta` after t steps."""
+    return average / (1.0 - tf.pow(beta, t))
 
 
 def preconditioned_cosine(gradient: tf.Tensor, other: tf.Tensor, state: State,
@@ -463,12 +468,11 @@ def _preconditioned(gradient, m, v, t, determinism, sharing, config: FeatureConf
     """(m̂, √v̂ + ε) from the new averages m and v at step t: Adam's bias-corrected values,
     v̂ shared over the tensor as `sharing` says (`rms_sharing`), m̂ with `nesterov`'s
     look-ahead (as far as `determinism`, with `determinism_gate`)."""
-    # Adam's bias correction (Kingma & Ba 2015, Algorithm 1); v̂ as `_second_moment`'s.
-    v_hat = v / (1.0 - tf.pow(config.beta2, t))
+    v_hat = _bias_corrected(v, config.beta2, t)
     if sharing is not None:
         v_mean, share, _ = sharing
         v_hat = (1.0 - share) * v_hat + share * v_mean
-    m_hat = m / (1.0 - tf.pow(config.beta1, t))
+    m_hat = _bias_corrected(m, config.beta1, t)
     if config.nesterov:
         look_ahead = config.nesterov * (1.0 - config.beta1)
         if config.determinism_gate:

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from rl_optimizer import features
 from rl_optimizer.features import FeatureConfig
+from rl_optimizer.policy import load_policy
 
 
 def _zero_actor(observation):
@@ -85,18 +86,15 @@ def test_non_finite_gradient_leaves_coordinate_unchanged():
     assert update[2] != 0.0
 
 
-_SHIPPED_OPTIONS = dict(center_action=True, nesterov=1.0, gradient_memory=True, rms_sharing=0.5,
-                        determinism_gate=True, sharing_spread=4.0, spread_ceiling=3.0,
-                        start_log_lr=-2.3, startup_boost=4.0)
-
-
 @pytest.mark.parametrize("keep", [True, False])
-@pytest.mark.parametrize("config", [FeatureConfig(**_SHIPPED_OPTIONS),
+@pytest.mark.parametrize("config", ["shipped",
                                     FeatureConfig(center_action=True, learned_look_ahead=1.0)])
 def test_keep_says_whether_the_step_is_taken_and_xla_takes_it_as_the_graph(config, keep):
     """`keep` False: no update and the state as it was; True: the step without `keep`. Under
     XLA the update is computed from the kept state: the same numbers, up to rounding (as a
-    graph's are)."""
+    graph's are). "shipped": the shipped policy's feature config."""
+    if config == "shipped":
+        config = load_policy("default").feature_config
     rng = np.random.default_rng(3)
     shape = (70, 90)  # more coordinates than STATISTICS_SAMPLE: the statistics are sampled
     g = rng.normal(size=shape)
